@@ -1,0 +1,1 @@
+"""Fault scenarios and their invariants, runnable by SREs (see the chaos suite issue)."""

@@ -1,0 +1,1 @@
+"""Coordination through etcd: access, leases, elections with fencing, shard assignment."""

