@@ -12,6 +12,7 @@ Layout (``<ns>`` is ``_`` for cluster-scoped objects)::
     /navigator/v1/snapshots/eds/<ns>/<name>:<port>/<variant>
                                                         a shared ClusterLoadAssignment (protobuf)
     /navigator/v1/diagnostics/<app>                     what translation skipped for an app (JSON)
+    /navigator/v1/diagnostics/_mesh                     ... and for services (any app)
 
 Cluster, app and object names are DNS labels or subdomains, so they never contain ``/``.
 """
@@ -112,6 +113,10 @@ def parse_eds_key(key: str) -> tuple[str, str]:
     if not sep or not name or not variant:
         raise SchemaError(f"malformed EDS key: {key!r}")
     return name, variant
+
+
+MESH_DIAGNOSTICS = DIAGNOSTICS + "_mesh"
+"""Diagnostics of services (not of one app); ``_`` cannot start an app name."""
 
 
 def diagnostics_key(app: model.AppName) -> str:

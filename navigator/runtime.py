@@ -100,7 +100,9 @@ async def http_server(
 
     async def metrics(_: web.Request) -> web.Response:
         body = prometheus_client.generate_latest()
-        return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST}
+        )
 
     app = web.Application()
     app.add_routes(
@@ -112,7 +114,9 @@ async def http_server(
     host, _, port = address.rpartition(":")
     site = web.TCPSite(runner, host or "127.0.0.1", int(port))
     await site.start()
-    bound = site._server.sockets[0].getsockname() if site._server else (host, int(port))  # type: ignore[union-attr]
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    bound = sockets[0].getsockname() if sockets else (host, int(port))
     try:
         yield f"{bound[0]}:{bound[1]}"
     finally:

@@ -122,3 +122,29 @@ def decode_app(data: bytes) -> AppSnapshot:
         raise
     except (ValueError, TypeError, KeyError) as exc:
         raise SnapshotError(f"cannot decode app snapshot: {exc}") from exc
+
+
+def resource_to_dict(type_url: str, body: bytes) -> dict[str, Any]:
+    """A serialized resource as the JSON-like dict Envoy's admin shows (for people and tests)."""
+    from google.protobuf import json_format, symbol_database
+
+    # NOTE: importing these registers every message a resource may embed in an Any.
+    from envoy.config.cluster.v3 import cluster_pb2  # noqa: F401
+    from envoy.config.endpoint.v3 import endpoint_pb2  # noqa: F401
+    from envoy.config.listener.v3 import listener_pb2  # noqa: F401
+    from envoy.config.route.v3 import route_pb2  # noqa: F401
+    from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+    from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
+        http_connection_manager_pb2,
+    )
+    from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
+    from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+
+    full_name = type_url.rpartition("/")[2]
+    cls = symbol_database.Default().GetSymbol(full_name)
+    msg = cls.FromString(body)
+    # NOTE: a JSON round trip turns the OrderedDicts of embedded Anys into plain dicts.
+    out: dict[str, Any] = json.loads(
+        json_format.MessageToJson(msg, preserving_proto_field_name=True, sort_keys=True)
+    )
+    return out

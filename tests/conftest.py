@@ -27,3 +27,16 @@ async def etcd(etcd_url: str) -> AsyncIterator[etcd_mod.Etcd]:
         yield client
     finally:
         await client.close()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        help="rewrite golden files from the current output (review every diff)",
+    )
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--update-golden"))

@@ -1,0 +1,440 @@
+"""The translator process: watches normalized state in etcd and publishes snapshots.
+
+All I/O of translation lives here; ``shards.translate`` stays pure. The runner keeps the state
+in memory, marks what each change touches (services, apps), recomputes only that after a short
+debounce, and writes only keys whose bytes changed, so work and etcd writes per change are
+proportional to the change. A new runner deriving the same state writes nothing: it compares
+against what etcd already holds.
+
+An app is published only once every Kubernetes cluster that has state has written its synced
+marker, so a half-listed cluster never makes sidecars drop endpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import TypeVar
+
+import prometheus_client
+
+from coordinator import etcd as etcd_mod
+from navigator import keys, model, runtime, snapshot
+from shards import translate
+
+log = logging.getLogger(__name__)
+
+TRANSLATIONS = prometheus_client.Counter(
+    "navigator_translator_flushes_total", "Debounced recomputations of changed state"
+)
+FLUSH_SECONDS = prometheus_client.Histogram(
+    "navigator_translator_flush_seconds",
+    "Time to recompute and publish one batch of changes",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+KEYS_WRITTEN = prometheus_client.Counter(
+    "navigator_translator_keys_written_total", "Snapshot keys written or deleted", ["kind"]
+)
+DIAGNOSTICS = prometheus_client.Gauge(
+    "navigator_translator_diagnostics", "Objects skipped or adjusted by translation", ["reason"]
+)
+DECODE_ERRORS = prometheus_client.Counter(
+    "navigator_translator_decode_errors_total", "State values that could not be decoded"
+)
+
+ServiceKey = tuple[str, str]
+K = TypeVar("K")
+J = TypeVar("J")
+V = TypeVar("V")
+
+
+class Translator:
+    """In-memory state, dirty tracking and publication for one shard (all apps, for now)."""
+
+    def __init__(
+        self, etcd: etcd_mod.Etcd, *, options: translate.Options, debounce: float = 0.02
+    ) -> None:
+        self.etcd = etcd
+        self.options = options
+        self.debounce = debounce
+        self.published = asyncio.Event()
+        """Set after the first publication (every cluster synced)."""
+        self.generation = 0
+        """Incremented after every flush that completed; tests wait on it."""
+        self._written: dict[str, bytes] = {}
+        """What etcd holds under the snapshot and diagnostics prefixes, as we last saw it."""
+        self._changed = asyncio.Event()
+        self._clear_state()
+
+    def _clear_state(self) -> None:
+        self._objects: dict[str, model.Object] = {}
+        self._synced: set[model.ClusterName] = set()
+        self._services: dict[ServiceKey, dict[model.ClusterName, model.Service]] = {}
+        self._endpoints: dict[ServiceKey, dict[model.ClusterName, model.Endpoints]] = {}
+        self._nodes: dict[tuple[model.ClusterName, str], model.Node] = {}
+        self._nexuses: dict[model.AppName, dict[str, model.Nexus]] = {}
+
+        self._resources: dict[ServiceKey, translate.ServiceResources] = {}
+        self._service_diags: dict[ServiceKey, list[translate.Diagnostic]] = {}
+        self._app_wanted: dict[model.AppName, list[ServiceKey]] = {}
+        self._app_diags: dict[model.AppName, list[translate.Diagnostic]] = {}
+        self._service_apps: dict[ServiceKey, set[model.AppName]] = {}
+        self._dirty_services: set[ServiceKey] = set()
+        self._dirty_apps: set[model.AppName] = set()
+        self._all_apps_dirty = True
+
+    # --- input ---------------------------------------------------------------------
+
+    def load(self, listing: etcd_mod.Listing) -> None:
+        for kv in listing.items.values():
+            self.apply(kv.key, kv.value)
+
+    def apply(self, key: str, value: bytes | None) -> None:
+        """Applies one state or synced key change; marks what it touches."""
+        if key.startswith(keys.SYNCED):
+            cluster = keys.parse_synced_key(key)
+            if value is None:
+                self._synced.discard(cluster)
+            else:
+                self._synced.add(cluster)
+            self._all_apps_dirty = True
+            self._changed.set()
+            return
+        try:
+            skey = keys.parse_state_key(key)
+        except keys.SchemaError:
+            log.warning("ignoring key outside the schema", extra={"key": key})
+            return
+        old = self._objects.pop(key, None)
+        if old is not None:
+            self._unindex(old)
+        if value is not None:
+            try:
+                obj = model.decode(skey.kind, value)
+            except model.DecodeError as exc:
+                DECODE_ERRORS.inc()
+                log.error(
+                    "cannot decode state, keeping the previous value",
+                    extra={"key": key, "error": str(exc)},
+                )
+                if old is not None:
+                    self._objects[key] = old
+                    self._index(old)
+                return
+            self._objects[key] = obj
+            self._index(obj)
+        self._changed.set()
+
+    def _index(self, obj: model.Object) -> None:
+        self._touch(obj)
+        if isinstance(obj, model.Service):
+            self._services.setdefault((obj.namespace, obj.name), {})[obj.cluster] = obj
+        elif isinstance(obj, model.Endpoints):
+            self._endpoints.setdefault((obj.namespace, obj.name), {})[obj.cluster] = obj
+        elif isinstance(obj, model.Node):
+            self._nodes[(obj.cluster, obj.name)] = obj
+        elif isinstance(obj, model.Nexus):
+            self._nexuses.setdefault(obj.app_name, {})[keys.state_key(obj)] = obj
+
+    def _unindex(self, obj: model.Object) -> None:
+        self._touch(obj)
+        if isinstance(obj, model.Service):
+            _pop_nested(self._services, (obj.namespace, obj.name), obj.cluster)
+        elif isinstance(obj, model.Endpoints):
+            _pop_nested(self._endpoints, (obj.namespace, obj.name), obj.cluster)
+        elif isinstance(obj, model.Node):
+            self._nodes.pop((obj.cluster, obj.name), None)
+        elif isinstance(obj, model.Nexus):
+            _pop_nested(self._nexuses, obj.app_name, keys.state_key(obj))
+
+    def _touch(self, obj: model.Object) -> None:
+        if isinstance(obj, model.Service):
+            self._dirty_services.add((obj.namespace, obj.name))
+            # NOTE: a Service appearing or going changes what namespace-wide or previously
+            # missing Nexus entries resolve to, so every app's service list is re-resolved.
+            self._all_apps_dirty = True
+        elif isinstance(obj, model.Endpoints):
+            self._dirty_services.add((obj.namespace, obj.name))
+        elif isinstance(obj, model.Node):
+            # A node's zone is part of the locality of every endpoint on it.
+            self._dirty_services.update(
+                key for key, by_cluster in self._endpoints.items() if obj.cluster in by_cluster
+            )
+        elif isinstance(obj, model.Nexus):
+            self._dirty_apps.add(obj.app_name)
+
+    # --- output --------------------------------------------------------------------
+
+    def clusters(self) -> set[model.ClusterName]:
+        with_state = {keys.parse_state_key(k).cluster for k in self._objects}
+        return with_state | self._synced
+
+    def all_synced(self) -> bool:
+        clusters = self.clusters()
+        return bool(clusters) and clusters <= self._synced
+
+    def compute(self) -> tuple[dict[str, bytes], set[str]]:
+        """Recomputes what is dirty; returns the keys to put and to delete."""
+        puts: dict[str, bytes] = {}
+        dirty_apps = set(self._dirty_apps)
+        for skey in sorted(self._dirty_services):
+            svc, diags = translate.mesh_service(
+                list(self._services.get(skey, {}).values()),
+                list(self._endpoints.get(skey, {}).values()),
+                self._nodes,
+            )
+            self._service_diags[skey] = diags
+            if svc is None:
+                self._resources.pop(skey, None)
+            else:
+                self._resources[skey] = translate.service_resources(svc, self.options)
+            dirty_apps |= self._service_apps.get(skey, set())
+        self._dirty_services.clear()
+        self._dirty_apps.clear()
+
+        if self._all_apps_dirty:
+            dirty_apps |= set(self._nexuses) | set(self._app_wanted)
+            self._all_apps_dirty = False
+        by_ns: dict[str, list[str]] = {}
+        for ns, name in self._services:
+            by_ns.setdefault(ns, []).append(name)
+        for app in sorted(dirty_apps):
+            for skey in self._app_wanted.pop(app, []):
+                self._service_apps.get(skey, set()).discard(app)
+            self._app_diags.pop(app, None)
+            if app not in self._nexuses:
+                continue
+            wanted, diags = translate.app_services(self._nexuses[app].values(), by_ns)
+            self._app_wanted[app] = wanted
+            self._app_diags[app] = diags
+            for skey in wanted:
+                self._service_apps.setdefault(skey, set()).add(app)
+
+        # Desired keys: every shared endpoint assignment, and the dirty apps' snapshots.
+        desired_eds = {
+            keys.eds_key(name): body
+            for res in self._resources.values()
+            for name, body in res.endpoints.items()
+        }
+        for key, body in desired_eds.items():
+            if self._written.get(key) != body:
+                puts[key] = body
+        clusters = sorted(self.clusters())
+        desired_apps: set[str] = set()
+        for app in self._app_wanted:
+            for k8s in clusters:
+                desired_apps.add(keys.app_snapshot_key(app, k8s))
+        for app in sorted(dirty_apps & set(self._app_wanted)):
+            visible = [self._resources[k] for k in self._app_wanted[app] if k in self._resources]
+            for k8s in clusters:
+                body = snapshot.encode_app(translate.app_snapshot(app, k8s, visible))
+                key = keys.app_snapshot_key(app, k8s)
+                if self._written.get(key) != body:
+                    puts[key] = body
+        diag_puts, diag_keys = self._diagnostics()
+        for key, body in diag_puts.items():
+            if self._written.get(key) != body:
+                puts[key] = body
+
+        deletes = {
+            key
+            for key in self._written
+            if (key.startswith(keys.EDS_SNAPSHOTS) and key not in desired_eds)
+            or (key.startswith(keys.APP_SNAPSHOTS) and key not in desired_apps)
+            or (key.startswith(keys.DIAGNOSTICS) and key not in diag_keys)
+        }
+        return puts, deletes
+
+    def _diagnostics(self) -> tuple[dict[str, bytes], set[str]]:
+        DIAGNOSTICS.clear()
+        every: dict[str, list[translate.Diagnostic]] = {
+            keys.MESH_DIAGNOSTICS: [d for ds in self._service_diags.values() for d in ds]
+        }
+        for app, diags in self._app_diags.items():
+            every[keys.diagnostics_key(app)] = diags
+        puts: dict[str, bytes] = {}
+        for key, diags in every.items():
+            for d in diags:
+                DIAGNOSTICS.labels(reason=d.reason).inc()
+            if diags:
+                doc = [
+                    {
+                        "object": d.object,
+                        "reason": d.reason,
+                        "message": d.message,
+                        "severity": d.severity.value,
+                    }
+                    for d in sorted(set(diags))
+                ]
+                puts[key] = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return puts, set(puts)
+
+    async def flush(self) -> None:
+        """Publishes what changed, if every cluster is synced."""
+        if not self.all_synced():
+            return
+        started = time.perf_counter()
+        puts, deletes = self.compute()
+        if puts or deletes:
+            await self.etcd.apply(puts=_make_before_break(puts), deletes=sorted(deletes))
+            for key, body in puts.items():
+                self._written[key] = body
+                KEYS_WRITTEN.labels(kind=_kind_of_key(key)).inc()
+            for key in deletes:
+                self._written.pop(key, None)
+                KEYS_WRITTEN.labels(kind="delete").inc()
+            log.info("published", extra={"puts": len(puts), "deletes": len(deletes)})
+        TRANSLATIONS.inc()
+        FLUSH_SECONDS.observe(time.perf_counter() - started)
+        self.generation += 1
+        self.published.set()
+
+    async def run(self, health: runtime.Health) -> None:
+        """Lists, then watches and publishes until cancelled; relists after a compaction."""
+        while True:
+            try:
+                await self._run_once(health)
+            except* etcd_mod.Compacted as group:
+                log.warning(
+                    "etcd compacted past our revision, relisting",
+                    extra={"error": str(group.exceptions[0])},
+                )
+
+    async def _run_once(self, health: runtime.Health) -> None:
+        written = await self.etcd.get_prefix(keys.SNAPSHOTS)
+        diags = await self.etcd.get_prefix(keys.DIAGNOSTICS)
+        self._written = {k: kv.value for k, kv in {**written.items, **diags.items}.items()}
+        state = await self.etcd.get_prefix(keys.STATE)
+        synced = await self.etcd.get_prefix(keys.SYNCED)
+        self._clear_state()
+        self.load(state)
+        self.load(synced)
+        self._changed.set()
+        health.set_ready(True)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._follow(keys.STATE, state.revision + 1))
+            tasks.create_task(self._follow(keys.SYNCED, synced.revision + 1))
+            tasks.create_task(self._publisher())
+
+    async def _follow(self, prefix: str, revision: int) -> None:
+        async for ev in self.etcd.watch_prefix(prefix, start_revision=revision):
+            self.apply(ev.key, ev.value)
+
+    async def _publisher(self) -> None:
+        while True:
+            await self._changed.wait()
+            # NOTE: the debounce coalesces a burst (a roll-out) into one publication.
+            await asyncio.sleep(self.debounce)
+            self._changed.clear()
+            try:
+                await self.flush()
+            except etcd_mod.EtcdUnavailable as exc:
+                log.error("cannot publish, will retry", extra={"error": str(exc)})
+                self._all_apps_dirty = True
+                self._written.clear()  # NOTE: unknown what landed; compare nothing, rewrite.
+                self._dirty_services.update(self._services)
+                self._changed.set()
+
+
+def _make_before_break(puts: dict[str, bytes]) -> dict[str, bytes]:
+    """Shared endpoint assignments before the app snapshots that reference them."""
+    return dict(
+        sorted(puts.items(), key=lambda kv: (not kv[0].startswith(keys.EDS_SNAPSHOTS), kv[0]))
+    )
+
+
+def _kind_of_key(key: str) -> str:
+    if key.startswith(keys.EDS_SNAPSHOTS):
+        return "eds"
+    if key.startswith(keys.APP_SNAPSHOTS):
+        return "app"
+    return "diagnostics"
+
+
+def _pop_nested(outer: dict[K, dict[J, V]], key: K, inner: J) -> None:
+    bucket = outer.get(key)
+    if bucket is not None:
+        bucket.pop(inner, None)
+        if not bucket:
+            del outer[key]
+
+
+@contextlib.asynccontextmanager
+async def running(
+    etcd: etcd_mod.Etcd, *, options: translate.Options | None = None, debounce: float = 0.02
+) -> AsyncIterator[Translator]:
+    """Runs a translator in the background for as long as the context is open."""
+    translator = Translator(etcd, options=options or translate.Options(), debounce=debounce)
+    task = asyncio.create_task(translator.run(runtime.Health()))
+    try:
+        yield translator
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="navigator translator",
+        description="Translate normalized mesh state in etcd into per-app Envoy snapshots.",
+    )
+    parser.add_argument(
+        "--etcd",
+        default=os.environ.get("NAVIGATOR_ETCD", "http://127.0.0.1:2379"),
+        help="etcd endpoints, comma-separated (default: $NAVIGATOR_ETCD or %(default)s)",
+    )
+    parser.add_argument("--http", default="127.0.0.1:9101", help="health and metrics address")
+    parser.add_argument(
+        "--no-bind-to-port",
+        action="store_true",
+        help="listeners do not bind (sidecars behind an iptables redirect)",
+    )
+    parser.add_argument("--debounce", type=float, default=0.02, help="seconds to coalesce changes")
+    parser.add_argument("--log-level", default="info")
+    return parser.parse_args(list(argv) if argv is not None else None)
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    args = parse_args(argv)
+    runtime.setup_logging(args.log_level, component="translator")
+    try:
+        endpoints = etcd_mod.parse_endpoints(args.etcd)
+    except ValueError as exc:
+        log.error(f"navigator translator: --etcd: {exc}")
+        return 2
+
+    async def amain(stop: asyncio.Event) -> int:
+        health = runtime.Health()
+        options = translate.Options(bind_to_port=not args.no_bind_to_port)
+        async with (
+            etcd_mod.Etcd(endpoints) as client,
+            runtime.http_server(args.http, health) as addr,
+        ):
+            log.info("translator started", extra={"etcd": args.etcd, "http": addr})
+            translator = Translator(client, options=options, debounce=args.debounce)
+            task = asyncio.create_task(_supervise(translator, health))
+            await runtime.wait_stop(stop, task)
+        log.info("translator stopped")
+        return 0
+
+    return runtime.run(amain)
+
+
+async def _supervise(translator: Translator, health: runtime.Health) -> None:
+    """Keeps the translator running through etcd outages, with backoff."""
+    delay = 0.5
+    while True:
+        try:
+            await translator.run(health)
+        except etcd_mod.EtcdUnavailable as exc:
+            health.set_ready(False, "etcd unavailable")
+            log.error("etcd unavailable, retrying", extra={"error": str(exc), "retry_in": delay})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)

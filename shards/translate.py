@@ -1,0 +1,518 @@
+"""Translation: normalized mesh state → Envoy resources. A purely computational module.
+
+No I/O happens here: every function takes normalized objects (``navigator.model``) and returns
+new values, so translation can be tested with tables and golden files and re-run by any
+translator with the same result. The shard runner does all the reading and writing around it.
+
+The shape follows the layers of a compiler:
+
+1. ``mesh_service``: the Services and Endpoints of one namespace/name from every cluster
+   become one logical ``MeshService`` (the intermediate model): per port, the ClusterIP in
+   each cluster and the ready endpoints of every cluster, with their locality.
+2. Small generators turn a ``MeshService`` port into one resource of each xDS type
+   (``cluster``, ``load_assignment``, ``listener``, ``route``).
+3. ``app_services`` resolves an app's Nexus objects into the services it may call, and
+   ``app_snapshot`` assembles its resources for sidecars of one Kubernetes cluster.
+
+Bad input is data: every step returns ``Diagnostic`` values next to its result and skips only
+the object at fault.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
+
+from navigator import model, snapshot
+
+OVERPROVISIONING_FACTOR = 140
+"""Envoy's default, stated explicitly: the spill-over table of the design depends on it."""
+
+CONNECT_TIMEOUT_S = 1
+
+
+class Severity(enum.StrEnum):
+    ERROR = "error"
+    """The object was skipped."""
+    WARNING = "warning"
+    """The object was used, with a deterministic choice the operator should know about."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, order=True)
+class Diagnostic:
+    """Something translation skipped or decided, and why; published for ``navigator state``."""
+
+    object: str
+    """``<kind>/<namespace>/<name>`` (and ``@<cluster>`` when one cluster is at fault)."""
+    reason: str
+    """A stable, machine-readable reason (``MissingService``, ``PortProtocolConflict``…)."""
+    message: str
+    severity: Severity = Severity.ERROR
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Options:
+    bind_to_port: bool = True
+    """True where the sidecar binds ClusterIP:port itself (the lab's pod network namespaces);
+    False behind an iptables redirect to a virtual outbound listener (a real cluster)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, order=True)
+class LbEndpoint:
+    cluster: model.ClusterName
+    region: str
+    zone: str
+    ip: str
+    port: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MeshPort:
+    """One port of a logical service: what becomes one Envoy cluster, listener and route."""
+
+    namespace: str
+    service: str
+    name: str
+    port: int
+    protocol: model.Protocol
+    cluster_ips: Mapping[model.ClusterName, str]
+    endpoints: tuple[LbEndpoint, ...]
+    """Ready endpoints of every cluster, sorted."""
+
+    @property
+    def envoy_name(self) -> str:
+        return envoy_name(self.namespace, self.service, self.port)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MeshService:
+    """The Services of one namespace/name in every cluster, as one logical service."""
+
+    namespace: str
+    name: str
+    ports: tuple[MeshPort, ...]
+    clusters: tuple[model.ClusterName, ...]
+    """Clusters where the Service exists."""
+
+
+def envoy_name(namespace: str, name: str, port: int) -> str:
+    """Name of the Envoy cluster, listener and route of a service port: ``ns/name:port``."""
+    return f"{namespace}/{name}:{port}"
+
+
+# --- 1. the intermediate model ---------------------------------------------------------
+
+
+def mesh_service(
+    services: Sequence[model.Service],
+    endpoints: Sequence[model.Endpoints],
+    nodes: Mapping[tuple[model.ClusterName, str], model.Node],
+) -> tuple[MeshService | None, list[Diagnostic]]:
+    """Merges one namespace/name's Services and Endpoints from every cluster.
+
+    ``services`` and ``endpoints`` hold the objects of that namespace/name (any order);
+    ``nodes`` maps (cluster, node name) to Nodes, for endpoint localities.
+    Returns None when no cluster has a Service that the mesh can route to.
+    """
+    diags: list[Diagnostic] = []
+    if not services:
+        return None, diags
+    services = sorted(services, key=lambda s: s.cluster)
+    ns, name = services[0].namespace, services[0].name
+    routable = [s for s in services if s.type == model.ServiceType.CLUSTER_IP and s.cluster_ip]
+    # NOTE: headless and ExternalName Services are resolved by DNS in the pod, not by the
+    # sidecar's listeners; they are left to plain passthrough until the mesh models them.
+    if not routable:
+        return None, diags
+    eps_by_cluster = {e.cluster: e for e in endpoints}
+
+    # Ports are matched across clusters by number; the first cluster (by name) decides the
+    # protocol when clusters disagree, and the conflict is reported.
+    chosen: dict[int, model.ServicePort] = {}
+    for svc in routable:
+        for port in svc.ports:
+            if port.protocol == model.Protocol.UDP:
+                continue
+            first = chosen.get(port.port)
+            if first is None:
+                chosen[port.port] = port
+            elif first.protocol != port.protocol:
+                diags.append(
+                    Diagnostic(
+                        object=f"services/{ns}/{name}@{svc.cluster}",
+                        reason="PortProtocolConflict",
+                        message=(
+                            f"port {port.port} is {port.protocol.value} in {svc.cluster} but "
+                            f"{first.protocol.value} elsewhere; using {first.protocol.value}"
+                        ),
+                        severity=Severity.WARNING,
+                    )
+                )
+
+    ports: list[MeshPort] = []
+    for number in sorted(chosen):
+        sport = chosen[number]
+        cluster_ips: dict[model.ClusterName, str] = {}
+        lb: list[LbEndpoint] = []
+        for svc in routable:
+            own = next((p for p in svc.ports if p.port == number), None)
+            if own is None:
+                continue
+            cluster_ips[svc.cluster] = svc.cluster_ip
+            eps = eps_by_cluster.get(svc.cluster)
+            if eps is not None:
+                lb.extend(_resolve(own, eps, nodes))
+        ports.append(
+            MeshPort(
+                namespace=ns,
+                service=name,
+                name=sport.name,
+                port=number,
+                protocol=sport.protocol,
+                cluster_ips=cluster_ips,
+                endpoints=tuple(sorted(set(lb))),
+            )
+        )
+    return (
+        MeshService(
+            namespace=ns,
+            name=name,
+            ports=tuple(ports),
+            clusters=tuple(s.cluster for s in routable),
+        ),
+        diags,
+    )
+
+
+def _resolve(
+    sport: model.ServicePort,
+    eps: model.Endpoints,
+    nodes: Mapping[tuple[model.ClusterName, str], model.Node],
+) -> Iterable[LbEndpoint]:
+    """The ready endpoints of one cluster for one Service port.
+
+    Kubernetes names an Endpoints port after its Service port and gives it the resolved target
+    port number, so a named ``targetPort`` resolves per endpoint by looking up the port name.
+    """
+    for ep in eps.endpoints:
+        if not ep.ready:
+            continue
+        port = next((p.port for p in ep.ports if p.name == sport.name), None)
+        if port is None and len(ep.ports) == 1 and not sport.name:
+            port = ep.ports[0].port
+        if port is None:
+            continue
+        node = nodes.get((eps.cluster, ep.node)) if ep.node else None
+        yield LbEndpoint(
+            cluster=eps.cluster,
+            region=node.region if node else "",
+            zone=ep.zone or (node.zone if node else ""),
+            ip=ep.ip,
+            port=port,
+        )
+
+
+# --- 2. generators: one resource of each type per service port -------------------------
+
+
+def _ads() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(),
+        resource_api_version=config_source_pb2.ApiVersion.V3,
+    )
+
+
+def _any(msg: message.Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(msg)
+    return packed
+
+
+def cluster(port: MeshPort) -> cluster_pb2.Cluster:
+    out = cluster_pb2.Cluster(
+        name=port.envoy_name,
+        type=cluster_pb2.Cluster.EDS,
+        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
+        connect_timeout=duration_pb2.Duration(seconds=CONNECT_TIMEOUT_S),
+        lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
+    )
+    if port.protocol in (model.Protocol.HTTP2, model.Protocol.GRPC):
+        opts = http_protocol_options_pb2.HttpProtocolOptions(
+            explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+                http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+            )
+        )
+        out.typed_extension_protocol_options[
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        ].CopyFrom(_any(opts))
+    return out
+
+
+def load_assignment(port: MeshPort) -> endpoint_pb2.ClusterLoadAssignment:
+    """Endpoints grouped by locality (region, zone, and the Kubernetes cluster as sub-zone)."""
+    groups: dict[tuple[str, str, str], list[LbEndpoint]] = {}
+    for ep in port.endpoints:
+        groups.setdefault((ep.region, ep.zone, ep.cluster), []).append(ep)
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=port.envoy_name,
+        endpoints=[
+            endpoint_components_pb2.LocalityLbEndpoints(
+                locality=base_pb2.Locality(region=region, zone=zone, sub_zone=k8s),
+                lb_endpoints=[
+                    endpoint_components_pb2.LbEndpoint(
+                        endpoint=endpoint_components_pb2.Endpoint(address=_address(ep.ip, ep.port))
+                    )
+                    for ep in eps
+                ],
+                # NOTE: equal weight per endpoint: a locality's share is its endpoint count.
+                load_balancing_weight=wrappers_pb2.UInt32Value(value=len(eps)),
+            )
+            for (region, zone, k8s), eps in sorted(groups.items())
+        ],
+        policy=endpoint_pb2.ClusterLoadAssignment.Policy(
+            overprovisioning_factor=wrappers_pb2.UInt32Value(value=OVERPROVISIONING_FACTOR)
+        ),
+    )
+
+
+def _address(ip: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address=ip, port_value=port)
+    )
+
+
+def listener(port: MeshPort, cluster_ip: str, options: Options) -> listener_pb2.Listener:
+    """A listener on the Service's ClusterIP:port in the sidecar's own cluster."""
+    stat = f"{port.namespace}.{port.service}.{port.port}"
+    if port.protocol.is_http:
+        hcm = hcm_pb2.HttpConnectionManager(
+            stat_prefix=stat,
+            rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=port.envoy_name),
+            http_filters=[
+                hcm_pb2.HttpFilter(
+                    name="envoy.filters.http.router", typed_config=_any(router_pb2.Router())
+                )
+            ],
+        )
+        if port.protocol != model.Protocol.HTTP:
+            hcm.codec_type = hcm_pb2.HttpConnectionManager.AUTO
+        filt = listener_components_pb2.Filter(
+            name="envoy.filters.network.http_connection_manager", typed_config=_any(hcm)
+        )
+    else:
+        tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=stat, cluster=port.envoy_name)
+        filt = listener_components_pb2.Filter(
+            name="envoy.filters.network.tcp_proxy", typed_config=_any(tcp)
+        )
+    out = listener_pb2.Listener(
+        name=port.envoy_name,
+        address=_address(cluster_ip, port.port),
+        filter_chains=[listener_components_pb2.FilterChain(filters=[filt])],
+        traffic_direction=base_pb2.OUTBOUND,
+    )
+    if not options.bind_to_port:
+        out.bind_to_port.value = False
+    return out
+
+
+def route(port: MeshPort) -> route_pb2.RouteConfiguration:
+    return route_pb2.RouteConfiguration(
+        name=port.envoy_name,
+        virtual_hosts=[
+            route_components_pb2.VirtualHost(
+                name=f"{port.namespace}/{port.service}",
+                domains=["*"],
+                routes=[
+                    route_components_pb2.Route(
+                        match=route_components_pb2.RouteMatch(prefix="/"),
+                        route=route_components_pb2.RouteAction(cluster=port.envoy_name),
+                    )
+                ],
+            )
+        ],
+    )
+
+
+def _resource(name: str, msg: message.Message) -> snapshot.Resource:
+    return snapshot.Resource(name=name, body=msg.SerializeToString(deterministic=True))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServiceResources:
+    """Everything derived from one MeshService, serialized once and shared by every app."""
+
+    namespace: str
+    name: str
+    clusters: tuple[snapshot.Resource, ...]
+    routes: tuple[snapshot.Resource, ...]
+    listeners: Mapping[model.ClusterName, tuple[snapshot.Resource, ...]]
+    """Per Kubernetes cluster: listeners on that cluster's ClusterIPs."""
+    endpoints: Mapping[str, bytes]
+    """Per Envoy cluster name: the serialized ClusterLoadAssignment."""
+
+
+def service_resources(svc: MeshService, options: Options) -> ServiceResources:
+    listeners: dict[model.ClusterName, list[snapshot.Resource]] = {}
+    for port in svc.ports:
+        for k8s, ip in sorted(port.cluster_ips.items()):
+            listeners.setdefault(k8s, []).append(
+                _resource(port.envoy_name, listener(port, ip, options))
+            )
+    return ServiceResources(
+        namespace=svc.namespace,
+        name=svc.name,
+        clusters=tuple(_resource(p.envoy_name, cluster(p)) for p in svc.ports),
+        routes=tuple(_resource(p.envoy_name, route(p)) for p in svc.ports if p.protocol.is_http),
+        listeners={k: tuple(v) for k, v in listeners.items()},
+        endpoints={
+            p.envoy_name: load_assignment(p).SerializeToString(deterministic=True)
+            for p in svc.ports
+        },
+    )
+
+
+# --- 3. apps ---------------------------------------------------------------------------
+
+
+def app_services(
+    nexuses: Iterable[model.Nexus],
+    services_by_namespace: Mapping[str, Iterable[str]],
+) -> tuple[list[tuple[str, str]], list[Diagnostic]]:
+    """The (namespace, name) pairs an app may call: the union of all its Nexus objects.
+
+    All Nexus objects of one appName are merged, whatever their namespace or cluster (the old
+    and the new release are kept side by side during a roll-out). An entry with an empty name
+    selects every service of its namespace. A named service that exists nowhere is reported
+    and skipped.
+    """
+    wanted: set[tuple[str, str]] = set()
+    diags: list[Diagnostic] = []
+    for nexus in sorted(nexuses, key=lambda n: (n.cluster, n.namespace, n.name)):
+        for ref in nexus.services:
+            ns = ref.namespace or nexus.namespace
+            known = services_by_namespace.get(ns, ())
+            if not ref.name:
+                wanted.update((ns, n) for n in known)
+            elif ref.name in set(known):
+                wanted.add((ns, ref.name))
+            else:
+                diags.append(
+                    Diagnostic(
+                        object=f"nexuses/{nexus.namespace}/{nexus.name}@{nexus.cluster}",
+                        reason="MissingService",
+                        message=f"service {ns}/{ref.name} does not exist in any cluster",
+                    )
+                )
+    return sorted(wanted), sorted(set(diags))
+
+
+def app_snapshot(
+    app: model.AppName,
+    k8s_cluster: model.ClusterName,
+    services: Iterable[ServiceResources],
+) -> snapshot.AppSnapshot:
+    """An app's resources for its sidecars in ``k8s_cluster``."""
+    clusters: list[snapshot.Resource] = []
+    routes: list[snapshot.Resource] = []
+    listeners: list[snapshot.Resource] = []
+    endpoints: list[str] = []
+    for res in services:
+        clusters.extend(res.clusters)
+        routes.extend(res.routes)
+        listeners.extend(res.listeners.get(k8s_cluster, ()))
+        endpoints.extend(res.endpoints)
+    return snapshot.AppSnapshot(
+        app=app,
+        cluster=k8s_cluster,
+        resources={
+            snapshot.CLUSTER: tuple(sorted(clusters, key=lambda r: r.name)),
+            snapshot.LISTENER: tuple(sorted(listeners, key=lambda r: r.name)),
+            snapshot.ROUTE: tuple(sorted(routes, key=lambda r: r.name)),
+        },
+        endpoints=tuple(sorted(endpoints)),
+    )
+
+
+# --- all at once ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class State:
+    """Normalized objects of every cluster (what the ``state/`` prefix of etcd holds)."""
+
+    objects: tuple[model.Object, ...]
+
+    def of(self, cls: type[model.Object]) -> list[model.Object]:
+        return [o for o in self.objects if isinstance(o, cls)]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Result:
+    apps: Mapping[tuple[model.AppName, model.ClusterName], snapshot.AppSnapshot]
+    endpoints: Mapping[str, bytes]
+    """Shared endpoint assignments by Envoy cluster name."""
+    diagnostics: Mapping[str, tuple[Diagnostic, ...]]
+    """By app name; ``""`` holds the diagnostics of services."""
+
+
+def translate(
+    objects: Iterable[model.Object],
+    clusters: Iterable[model.ClusterName],
+    options: Options | None = None,
+) -> Result:
+    """The whole mesh at once: the reference that the incremental runner must agree with."""
+    services: dict[tuple[str, str], list[model.Service]] = {}
+    endpoints: dict[tuple[str, str], list[model.Endpoints]] = {}
+    nodes: dict[tuple[model.ClusterName, str], model.Node] = {}
+    nexuses: dict[model.AppName, list[model.Nexus]] = {}
+    for obj in objects:
+        if isinstance(obj, model.Service):
+            services.setdefault((obj.namespace, obj.name), []).append(obj)
+        elif isinstance(obj, model.Endpoints):
+            endpoints.setdefault((obj.namespace, obj.name), []).append(obj)
+        elif isinstance(obj, model.Node):
+            nodes[(obj.cluster, obj.name)] = obj
+        elif isinstance(obj, model.Nexus):
+            nexuses.setdefault(obj.app_name, []).append(obj)
+
+    diags: dict[str, list[Diagnostic]] = {"": []}
+    resources: dict[tuple[str, str], ServiceResources] = {}
+    for key in sorted(services):
+        svc, service_diags = mesh_service(services[key], endpoints.get(key, []), nodes)
+        diags[""].extend(service_diags)
+        if svc is not None:
+            resources[key] = service_resources(svc, options or Options())
+
+    by_ns: dict[str, list[str]] = {}
+    for ns, name in sorted(services):
+        by_ns.setdefault(ns, []).append(name)
+
+    apps: dict[tuple[model.AppName, model.ClusterName], snapshot.AppSnapshot] = {}
+    all_endpoints: dict[str, bytes] = {}
+    for res in resources.values():
+        all_endpoints.update(res.endpoints)
+    for app in sorted(nexuses):
+        wanted, app_diags = app_services(nexuses[app], by_ns)
+        diags[app] = app_diags
+        visible = [resources[k] for k in wanted if k in resources]
+        for k8s in sorted(set(clusters)):
+            apps[(app, k8s)] = app_snapshot(app, k8s, visible)
+    return Result(
+        apps=apps,
+        endpoints=all_endpoints,
+        diagnostics={k: tuple(sorted(v)) for k, v in diags.items()},
+    )
