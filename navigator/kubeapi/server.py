@@ -1,0 +1,642 @@
+"""A local Kubernetes API server that speaks the real wire protocol (aiohttp on asyncio).
+
+No real API server can run in the lab, yet the mesh's watchers, the official ``kubernetes``
+client and ``kubectl`` must behave against it exactly as against a cluster: discovery,
+OpenAPI v3 (so kubectl validates server-side), CRUD with Status errors, merge/JSON patches,
+lists with limit/continue and selectors, and watches with history replay, bookmarks and
+410 Expired. Test hooks let tests and chaos scenarios break it on purpose.
+
+Hooks (methods, and ``POST`` endpoints under ``/_navigator/``):
+
+* ``compact()`` / ``/_navigator/compact``: forget the history; older resourceVersions get 410.
+* ``drop_watches()`` / ``/_navigator/drop-watches``: end every open watch stream now. The
+  response ends cleanly, as when a real server resets its watch cache, so clients resume
+  from their last resourceVersion.
+* ``set_unreachable(flag)`` / ``/_navigator/unreachable?value=true|false``: while unreachable
+  the API port is closed and every open connection is aborted (clients see connection refused
+  or reset); becoming reachable again listens on the same port.
+
+Choice: "unreachable" affects only the API port. The hooks are served on the API port and,
+when ``control_port`` is given, on a separate control port (with ``/healthz``, ``/readyz`` and
+``/metrics``) that stays up while the API port is down; only that port can make the server
+reachable again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import prometheus_client
+import yaml
+from aiohttp import web
+
+from navigator.kubeapi import errors, logs, openapi, patch, resources, selectors
+from navigator.kubeapi.resources import ResourceType
+from navigator.kubeapi.store import FieldValidation, Obj, Store, Watcher
+
+log = logging.getLogger("navigator.kubeapi")
+
+_TRUE = ("1", "true", "True")
+_JSON = "application/json"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Per-request labels for the metrics, set by the handlers.
+_VERB = web.RequestKey("verb", str)
+_RESOURCE = web.RequestKey("resource", str)
+
+
+def _dump(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _json(obj: Any, status: int = 200, warnings: Sequence[str] = ()) -> web.Response:
+    resp = web.Response(body=_dump(obj), status=status, content_type=_JSON)
+    for w in warnings:
+        resp.headers.add("Warning", f'299 - "{w.replace(chr(34), chr(92) + chr(34))}"')
+    return resp
+
+
+def _int_param(q: Mapping[str, str], name: str) -> int | None:
+    raw = q.get(name, "")
+    if raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise errors.bad_request(f"invalid value for {name}: {raw!r}") from None
+
+
+class _Target:
+    """What a resource URL designates: a collection, an object, or an object's status."""
+
+    def __init__(self, rt: ResourceType, namespace: str | None, name: str | None,
+                 sub: str) -> None:
+        self.rt, self.namespace, self.name, self.sub = rt, namespace, name, sub
+
+
+def _not_found() -> errors.ApiError:
+    return errors.ApiError(404, "NotFound", "the server could not find the requested resource",
+                           {})
+
+
+def _parse_path(group: str, segs: list[str]) -> _Target:
+    namespace: str | None = None
+    if len(segs) >= 3 and segs[0] == "namespaces" and not (group == "" and len(segs) == 3
+                                                         and segs[2] == "status"):
+        namespace, segs = segs[1], segs[2:]
+    if not segs or len(segs) > 3:
+        raise _not_found()
+    rt = Store.resource(group, segs[0])
+    name = segs[1] if len(segs) > 1 else None
+    sub = segs[2] if len(segs) > 2 else ""
+    if (sub and (sub != "status" or not rt.status_subresource)) or (
+            namespace is not None and not rt.namespaced) or (
+            name is not None and rt.namespaced and namespace is None):
+        raise _not_found()
+    return _Target(rt, namespace, name, sub)
+
+
+class KubeApiServer:
+    """One emulated cluster's API server. Start it on a running event loop."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        name: str = "kube",
+        bookmark_interval: float = 5.0,
+        control_port: int | None = None,
+        service_cidr: str = "10.96.0.0/16",
+        history_limit: int = 100_000,
+        watch_queue_limit: int = 1_000,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.name = name
+        self.bookmark_interval = bookmark_interval
+        self.control_port = control_port
+        self.store = Store(history_limit=history_limit, watch_queue_limit=watch_queue_limit,
+                           service_cidr=service_cidr)
+        self.unreachable = False
+        self.registry = prometheus_client.CollectorRegistry()
+        self._requests = prometheus_client.Counter(
+            "kubeapi_requests", "API requests served", ["verb", "resource", "code"],
+            registry=self.registry)
+        prometheus_client.Gauge(
+            "kubeapi_open_watches", "Open watch streams", registry=self.registry
+        ).set_function(self.store.open_watches)
+        self._runner: web.AppRunner | None = None
+        self._site: web.SockSite | None = None
+        self._control: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self._api_app(), handler_cancellation=True,
+                                     access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        await self._listen()
+        if self.control_port is not None:
+            self._control = web.AppRunner(self._control_app(), access_log=None,
+                                          shutdown_timeout=1.0)
+            await self._control.setup()
+            sock = self._bind(self.control_port)
+            self.control_port = sock.getsockname()[1]
+            await web.SockSite(self._control, sock).start()
+        log.info("kube-api listening", extra={"cluster": self.name, "url": self.url,
+                                              "control_port": self.control_port})
+
+    def _bind(self, port: int) -> socket.socket:
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, port))
+        sock.setblocking(False)
+        return sock
+
+    async def _listen(self) -> None:
+        assert self._runner is not None
+        sock = self._bind(self.port)
+        self.port = sock.getsockname()[1]
+        self._site = web.SockSite(self._runner, sock)
+        await self._site.start()
+
+    def _abort_connections(self) -> None:
+        assert self._runner is not None and self._runner.server is not None
+        for conn in self._runner.server.connections:
+            if conn.transport is not None:
+                conn.transport.abort()
+
+    async def stop(self) -> None:
+        self.drop_watches()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._runner is not None:
+            if self._runner.server is not None:
+                self._abort_connections()
+            await self._runner.cleanup()
+            self._runner = self._site = None
+        if self._control is not None:
+            await self._control.cleanup()
+            self._control = None
+        log.info("kube-api stopped", extra={"cluster": self.name})
+
+    # --- hooks -------------------------------------------------------------------------------
+
+    def compact(self) -> None:
+        self.store.compact()
+        log.info("history compacted", extra={"cluster": self.name, "rv": self.store.rv})
+
+    def drop_watches(self) -> int:
+        dropped = self.store.drop_watches()
+        log.info("watches dropped", extra={"cluster": self.name, "count": dropped})
+        return dropped
+
+    async def set_unreachable(self, unreachable: bool) -> None:
+        if unreachable == self.unreachable or self._runner is None:
+            return
+        self.unreachable = unreachable
+        if unreachable:
+            assert self._site is not None
+            await self._site.stop()
+            self._site = None
+            self.store.drop_watches()
+            self._abort_connections()
+        else:
+            await self._listen()
+        log.info("reachability changed", extra={"cluster": self.name,
+                                                "unreachable": unreachable})
+
+    # --- applications ------------------------------------------------------------------------
+
+    def _hook_routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/_navigator/compact", self._h_compact),
+            web.post("/_navigator/drop-watches", self._h_drop),
+            web.post("/_navigator/unreachable", self._h_unreachable),
+            web.get("/healthz", self._h_ok),
+            web.get("/readyz", self._h_ok),
+            web.get("/livez", self._h_ok),
+            web.get("/metrics", self._h_metrics),
+        ]
+
+    def _api_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware], client_max_size=16 << 20)
+        app.add_routes(self._hook_routes())
+        app.add_routes([
+            web.get("/version", self._h_version),
+            web.get("/api", self._h_api),
+            web.get("/apis", self._h_apis),
+            web.get("/openapi/v3", self._h_openapi_root),
+            web.get("/openapi/v3/{doc:.+}", self._h_openapi_doc),
+            web.route("*", "/api/v1{tail:.*}", self._h_core),
+            web.route("*", "/apis/{group}{tail:.*}", self._h_group),
+        ])
+        return app
+
+    def _control_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware])
+        app.add_routes(self._hook_routes())
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every failure becomes a Status; every request is counted and logged."""
+        started = time.monotonic()
+        request[_VERB], request[_RESOURCE] = request.method.lower(), ""
+        try:
+            resp = await handler(request)
+        except asyncio.CancelledError:
+            # The client went away (handler_cancellation): normal for a watch it closed.
+            code = "200" if request[_VERB] == "watch" else "499"
+            self._requests.labels(request[_VERB], request[_RESOURCE], code).inc()
+            raise
+        except errors.ApiError as e:
+            resp = _json(e.status(), e.code)
+        except web.HTTPException as e:
+            reason = "NotFound" if e.status == 404 else "MethodNotAllowed" \
+                if e.status == 405 else "BadRequest"
+            message = "the server could not find the requested resource" \
+                if e.status == 404 else e.text or e.reason
+            resp = _json(errors.ApiError(e.status, reason, str(message), {}).status(),
+                         e.status)
+        except Exception:
+            log.exception("internal error", extra={"path": request.path})
+            resp = _json(errors.ApiError(500, "InternalError", "internal error").status(), 500)
+        self._requests.labels(request[_VERB], request[_RESOURCE], str(resp.status)).inc()
+        log.debug("request", extra={
+            "cluster": self.name, "method": request.method, "path": request.path_qs,
+            "code": resp.status, "ms": round((time.monotonic() - started) * 1000, 1)})
+        return resp
+
+    # --- hook and misc handlers --------------------------------------------------------------
+
+    async def _h_ok(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _h_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=prometheus_client.generate_latest(self.registry),
+                            headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+    async def _h_compact(self, request: web.Request) -> web.Response:
+        self.compact()
+        return _json({"resourceVersion": str(self.store.rv)})
+
+    async def _h_drop(self, request: web.Request) -> web.Response:
+        return _json({"dropped": self.drop_watches()})
+
+    async def _h_unreachable(self, request: web.Request) -> web.Response:
+        value = request.query.get("value", "true") in _TRUE
+        # Run it after this response is on its way: on the API port it aborts this very
+        # connection.
+        task = asyncio.get_running_loop().create_task(self._later(self.set_unreachable(value)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return _json({"unreachable": value})
+
+    @staticmethod
+    async def _later(coro: Awaitable[None]) -> None:
+        await asyncio.sleep(0.05)
+        await coro
+
+    async def _h_version(self, request: web.Request) -> web.Response:
+        return _json(openapi.VERSION_INFO)
+
+    async def _h_api(self, request: web.Request) -> web.Response:
+        return _json(openapi.api_versions(f"{self.host}:{self.port}"))
+
+    async def _h_apis(self, request: web.Request) -> web.Response:
+        return _json(openapi.api_group_list())
+
+    async def _h_openapi_root(self, request: web.Request) -> web.Response:
+        return _json(openapi.root_document())
+
+    async def _h_openapi_doc(self, request: web.Request) -> web.Response:
+        doc = openapi.documents().get(request.match_info["doc"])
+        if doc is None:
+            raise _not_found()
+        return web.Response(body=doc[0], content_type=_JSON)
+
+    # --- resources ---------------------------------------------------------------------------
+
+    async def _h_core(self, request: web.Request) -> web.StreamResponse:
+        return await self._resource(request, "", "v1", request.match_info["tail"])
+
+    async def _h_group(self, request: web.Request) -> web.StreamResponse:
+        group, tail = request.match_info["group"], request.match_info["tail"]
+        version, _, rest = tail.lstrip("/").partition("/")
+        if not version:
+            if any(g == group for g, _ in _group_versions()):
+                return _json(openapi.api_group(group))
+            raise _not_found()
+        return await self._resource(request, group, version, "/" + rest if rest else "")
+
+    async def _resource(self, request: web.Request, group: str, version: str,
+                        tail: str) -> web.StreamResponse:
+        if (group, version) not in _group_versions():
+            raise _not_found()
+        segs = [s for s in tail.split("/") if s]
+        if not segs:
+            if request.method != "GET":
+                raise web.HTTPMethodNotAllowed(request.method, ["GET"])
+            return _json(openapi.api_resource_list(group, version))
+        target = _parse_path(group, segs)
+        request[_RESOURCE] = target.rt.plural
+        q = request.query
+        if target.name is None:
+            if request.method == "GET":
+                watch = q.get("watch", "") in _TRUE
+                request[_VERB] = "watch" if watch else "list"
+                if watch:
+                    return await self._watch(request, target)
+                return self._list(target, q)
+            if request.method == "POST":
+                request[_VERB] = "create"
+                if target.rt.namespaced and target.namespace is None:
+                    raise web.HTTPMethodNotAllowed(request.method, ["GET"])
+                obj, warnings = self.store._create(
+                    target.rt, target.namespace, await self._body(request),
+                    self._validation(q))
+                return _json(obj, 201, warnings)
+            if request.method == "DELETE":
+                request[_VERB] = "deletecollection"
+                return self._delete_collection(target, q)
+            raise web.HTTPMethodNotAllowed(request.method, ["GET", "POST", "DELETE"])
+        name = target.name
+        if request.method == "GET":
+            request[_VERB] = "get"
+            return _json(self.store._get(target.rt, target.namespace, name))
+        if request.method == "PUT":
+            request[_VERB] = "update"
+            obj, warnings = self.store._update(
+                target.rt, target.namespace, name, await self._body(request),
+                self._validation(q), subresource=target.sub)
+            return _json(obj, 200, warnings)
+        if request.method == "PATCH":
+            request[_VERB] = "patch"
+            return await self._patch(request, target, name)
+        if request.method == "DELETE" and not target.sub:
+            request[_VERB] = "delete"
+            options = await self._body(request) if request.can_read_body else {}
+            deleted = self.store._delete(target.rt, target.namespace, name,
+                                         options if isinstance(options, dict) else {})
+            if target.rt.return_deleted_object:
+                return _json(deleted)
+            return _json(_success(target.rt, deleted))
+        raise web.HTTPMethodNotAllowed(request.method, ["GET", "PUT", "PATCH", "DELETE"])
+
+    @staticmethod
+    def _validation(q: Mapping[str, str]) -> FieldValidation:
+        if q.get("dryRun"):
+            raise errors.bad_request("dryRun is not supported by the local API server")
+        mode = q.get("fieldValidation") or "Warn"
+        if mode not in ("Strict", "Warn", "Ignore"):
+            raise errors.bad_request(f"fieldValidation parameter unsupported: {mode}")
+        return cast(FieldValidation, mode)
+
+    @staticmethod
+    async def _body(request: web.Request) -> Any:
+        raw = await request.read()
+        if not raw:
+            return {}
+        try:
+            if "yaml" in request.content_type:
+                return yaml.safe_load(raw)
+            return json.loads(raw)
+        except (ValueError, yaml.YAMLError) as e:
+            raise errors.bad_request(f"the body of the request could not be decoded: {e}") \
+                from None
+
+    async def _patch(self, request: web.Request, target: _Target,
+                     name: str) -> web.Response:
+        rt = target.rt
+        if rt.crd and request.content_type == patch.STRATEGIC:
+            raise errors.ApiError(
+                415, "UnsupportedMediaType",
+                f"the body of the request was in an unknown format - accepted media types "
+                f"include: {patch.JSON}, {patch.MERGE}, {patch.APPLY}")
+        body = await self._body(request)
+        current = self.store._get(rt, target.namespace, name)
+        patched = patch.apply(request.content_type, current, body)
+        obj, warnings = self.store._update(rt, target.namespace, name, patched,
+                                           self._validation(request.query),
+                                           subresource=target.sub)
+        return _json(obj, 200, warnings)
+
+    def _list(self, target: _Target, q: Mapping[str, str]) -> web.Response:
+        rt = target.rt
+        at_rv = None
+        if q.get("resourceVersionMatch") == "Exact":
+            at_rv = _int_param(q, "resourceVersion")
+        result = self.store._list(
+            rt, target.namespace, selectors.parse(q.get("labelSelector"), q.get("fieldSelector")),
+            limit=_int_param(q, "limit") or 0, continue_token=q.get("continue", ""),
+            at_rv=at_rv)
+        meta: dict[str, Any] = {"resourceVersion": str(result.rv)}
+        if result.continue_token:
+            meta["continue"] = result.continue_token
+        if result.remaining is not None:
+            meta["remainingItemCount"] = result.remaining
+        return _json({"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
+                      "metadata": meta, "items": result.items})
+
+    def _delete_collection(self, target: _Target, q: Mapping[str, str]) -> web.Response:
+        rt = target.rt
+        sel = selectors.parse(q.get("labelSelector"), q.get("fieldSelector"))
+        deleted = [
+            self.store._delete(rt, obj["metadata"].get("namespace"), obj["metadata"]["name"], {})
+            for obj in self.store._list(rt, target.namespace, sel).items
+        ]
+        return _json({"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
+                      "metadata": {"resourceVersion": str(self.store.rv)}, "items": deleted})
+
+    async def _watch(self, request: web.Request, target: _Target) -> web.StreamResponse:
+        """Stream events as JSON lines until the timeout, a drop, or the client leaves."""
+        q = request.query
+        since = _int_param(q, "resourceVersion")
+        since = since or None  # unset and "0" both mean: current state first, then changes
+        bookmarks = q.get("allowWatchBookmarks", "") in _TRUE
+        timeout = _int_param(q, "timeoutSeconds")
+        sel = selectors.parse(q.get("labelSelector"), q.get("fieldSelector"))
+        resp = web.StreamResponse(headers={"Content-Type": _JSON,
+                                           "Cache-Control": "no-cache, private"})
+        resp.enable_chunked_encoding()
+        try:
+            watcher = self.store._watch(target.rt, target.namespace, sel, since)
+        except errors.ApiError as e:
+            # A real server answers an expired watch with 200 and a single ERROR event.
+            await resp.prepare(request)
+            await resp.write(_dump({"type": "ERROR", "object": e.status()}) + b"\n")
+            await resp.write_eof()
+            return resp
+        try:
+            await resp.prepare(request)
+            await self._pump(resp, watcher, bookmarks, timeout)
+        finally:
+            self.store._unwatch(watcher)
+        with contextlib.suppress(ConnectionError):
+            await resp.write_eof()
+        return resp
+
+    async def _pump(self, resp: web.StreamResponse, w: Watcher, bookmarks: bool,
+                    timeout_s: int | None) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s if timeout_s else None
+        next_bookmark = 0.0  # one bookmark right after the replay, then periodic ones
+        rt = w.rt
+        while not w.closed:
+            lines = []
+            while w.events:
+                type_, obj = w.events.popleft()
+                lines.append(_dump({"type": type_, "object": obj}) + b"\n")
+            now = loop.time()
+            if bookmarks and now >= next_bookmark and not w.events:
+                # Invariant: the queue is drained and nothing awaited since, so every event up
+                # to the store's current rv has been written to this stream.
+                meta: dict[str, Any] = {"resourceVersion": str(self.store.rv)}
+                if next_bookmark == 0.0:
+                    meta["annotations"] = {"k8s.io/initial-events-end": "true"}
+                lines.append(_dump({"type": "BOOKMARK", "object": {
+                    "kind": rt.kind, "apiVersion": rt.api_version, "metadata": meta}}) + b"\n")
+                next_bookmark = now + self.bookmark_interval
+            if lines:
+                await resp.write(b"".join(lines))
+                continue
+            waits = [t - now for t in (deadline, next_bookmark if bookmarks else None)
+                     if t is not None]
+            if deadline is not None and now >= deadline:
+                return
+            w.wakeup.clear()  # no await since the queue was seen empty: no lost wakeup
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(w.wakeup.wait(), min(waits) if waits else None)
+
+
+def _success(rt: ResourceType, deleted: Obj) -> dict[str, Any]:
+    details: dict[str, Any] = {"name": deleted["metadata"]["name"], "kind": rt.plural,
+                               "uid": deleted["metadata"]["uid"]}
+    if rt.group:
+        details["group"] = rt.group
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+            "details": details}
+
+
+def _group_versions() -> set[tuple[str, str]]:
+    return set(resources.group_versions())
+
+
+# --- kubeconfig, manifests, entry point ------------------------------------------------------
+
+
+def write_kubeconfig(path: str | os.PathLike[str], clusters: Mapping[str, str]) -> None:
+    """One context per cluster (context, cluster and user all named after it), plain http and
+    no credentials; the first cluster is the current context."""
+    names = list(clusters)
+    if not names:
+        raise ValueError("write_kubeconfig needs at least one cluster")
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "preferences": {},
+        "clusters": [{"name": n, "cluster": {"server": clusters[n]}} for n in names],
+        "users": [{"name": n, "user": {}} for n in names],
+        "contexts": [{"name": n, "context": {"cluster": n, "user": n, "namespace": "default"}}
+                     for n in names],
+        "current-context": names[0],
+    }
+    # Written aside and renamed, so a process polling for the file never reads half of it.
+    tmp = Path(f"{os.fspath(path)}.tmp")
+    tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+    tmp.replace(path)
+
+
+def load_manifests(store: Store, source: str | os.PathLike[str]) -> int:
+    """Create every object of a YAML file (multi-document, ``kind: List`` too) or of every
+    ``*.yaml``/``*.yml``/``*.json`` file in a directory, in name order. Returns the count."""
+    src = Path(source)
+    files = sorted(p for p in src.iterdir() if p.suffix in (".yaml", ".yml", ".json")) \
+        if src.is_dir() else [src]
+    count = 0
+    for file in files:
+        for doc in yaml.safe_load_all(file.read_text()):
+            if not doc:
+                continue
+            for obj in doc.get("items", []) if doc.get("kind") == "List" else [doc]:
+                store.create(obj)
+                count += 1
+    return count
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="navigator kube-api",
+        description="Local Kubernetes API server for the lab (plain http, no auth).")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=6443, help="API port (0: any free port)")
+    p.add_argument("--name", default="kube", help="cluster name, for logs")
+    p.add_argument("--control-port", type=int, default=None,
+                   help="separate port for /_navigator hooks, health and metrics, which stays "
+                        "up while the API is unreachable")
+    p.add_argument("--load", action="append", default=[], metavar="FILE_OR_DIR",
+                   help="YAML manifests to create at start (repeatable)")
+    p.add_argument("--bookmark-interval", type=float, default=5.0,
+                   help="seconds between watch bookmarks")
+    p.add_argument("--service-cidr", default="10.96.0.0/16",
+                   help="range that Service ClusterIPs are allocated from")
+    p.add_argument("--kubeconfig", default=None, metavar="FILE",
+                   help="write a kubeconfig for this server here once listening")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    srv = KubeApiServer(host=args.host, port=args.port, name=args.name,
+                        bookmark_interval=args.bookmark_interval,
+                        control_port=args.control_port, service_cidr=args.service_cidr)
+    for source in args.load:
+        count = load_manifests(srv.store, source)
+        log.info("manifests loaded", extra={"source": source, "objects": count})
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await srv.start()
+    if args.kubeconfig:
+        write_kubeconfig(args.kubeconfig, {args.name: srv.url})
+    # Other processes wait for this line (the port may have been chosen by the kernel).
+    log.info("kube-api ready", extra={"cluster": args.name, "url": srv.url,
+                                      "control_port": srv.control_port,
+                                      "kubeconfig": args.kubeconfig})
+    try:
+        await stopping.wait()
+    finally:
+        await srv.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logs.configure(args.log_level)
+    try:
+        asyncio.run(_serve(args))
+    except (errors.ApiError, OSError, yaml.YAMLError) as e:
+        log.error("kube-api failed", extra={"error": str(e)})
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
