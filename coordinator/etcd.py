@@ -304,8 +304,10 @@ def _wrap_rpc(call: Any) -> Any:
 
 
 def _log_retry(state: tenacity.RetryCallState) -> None:
+    """One warning when a call starts failing; the retries after it are debug noise."""
     exc = state.outcome.exception() if state.outcome else None
-    log.warning(
+    log.log(
+        logging.WARNING if state.attempt_number == 1 else logging.DEBUG,
         "etcd call failed, retrying",
         extra={"attempt": state.attempt_number, "error": str(exc) or type(exc).__name__},
     )

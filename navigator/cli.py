@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "lab": ("navigator.lab.main", "run the whole mesh locally: etcd, clusters, control plane, Envoys"),
+    "lab": ("navigator.lab.main", "run the mesh locally: etcd, clusters, control plane, Envoys"),
     "watcher": ("navigator.watcher.main", "watch one Kubernetes cluster into etcd"),
     "translator": ("shards.runner", "translate state in etcd into per-app Envoy snapshots"),
     "xds": ("navigator.xds.server", "serve snapshots from etcd to Envoy sidecars over ADS"),

@@ -434,7 +434,8 @@ async def _supervise(translator: Translator, health: runtime.Health) -> None:
         try:
             await translator.run(health)
         except etcd_mod.EtcdUnavailable as exc:
+            if health.ready or delay == 0.5:
+                log.error("etcd unavailable, retrying", extra={"error": str(exc)})
             health.set_ready(False, "etcd unavailable")
-            log.error("etcd unavailable, retrying", extra={"error": str(exc), "retry_in": delay})
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)

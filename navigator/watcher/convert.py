@@ -1,0 +1,431 @@
+"""Kubernetes objects (as the API returns them) → the normalized model, with no I/O.
+
+Like Cilium's clustermesh converters, this is a purely computational layer: it takes the
+camelCase JSON dicts a list or watch returns and produces the frozen dataclasses of
+``navigator.model``, keeping only what the mesh needs. The informer and the sync store do
+the I/O around it, so everything here is tested with plain tables.
+
+Bad input is data: a malformed object raises ``ConversionError`` with a one-line reason, and
+the caller decides what to do with it (the informer logs it, counts it, and keeps serving the
+last good value of that object).
+
+Decisions worth knowing:
+
+- A headless Service (``clusterIP: None``) and an ExternalName Service have ``cluster_ip ""``:
+  there is no virtual IP to build a listener on.
+- NodePort and LoadBalancer Services are ClusterIP Services for the mesh.
+- SCTP ports are left out: Envoy cannot proxy them.
+- A string ``targetPort`` made only of digits is a number (``"8080"`` → 8080).
+- An address listed both ready and not ready (in different subsets) is not ready: a pod
+  that is not ready for one port is not trusted with the others.
+- EndpointSlices are not converted: one Service has several slices, so turning them into one
+  ``model.Endpoints`` needs aggregation across objects, which is not a per-object conversion.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from navigator import keys, model
+
+ANNOTATION_PREFIX = "navigator.avito.ru/"
+"""Only annotations under this prefix reach the model."""
+
+REGION_LABELS = ("topology.kubernetes.io/region", "failure-domain.beta.kubernetes.io/region")
+ZONE_LABELS = ("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone")
+
+_APP_PROTOCOLS: dict[str, model.Protocol] = {
+    "http": model.Protocol.HTTP,
+    "http2": model.Protocol.HTTP2,
+    "h2c": model.Protocol.HTTP2,
+    "kubernetes.io/h2c": model.Protocol.HTTP2,
+    "grpc": model.Protocol.GRPC,
+    "kubernetes.io/ws": model.Protocol.HTTP,
+    "tcp": model.Protocol.TCP,
+    "tls": model.Protocol.TCP,
+    "https": model.Protocol.TCP,
+    "kubernetes.io/wss": model.Protocol.TCP,
+    "udp": model.Protocol.UDP,
+}
+"""``appProtocol`` values we know (lower-cased); any other value falls back to the port name."""
+
+_NAME_PREFIXES: tuple[tuple[str, model.Protocol], ...] = (
+    # NOTE: ``http2`` must be tested before ``http``.
+    ("http2", model.Protocol.HTTP2),
+    ("http", model.Protocol.HTTP),
+    ("grpc", model.Protocol.GRPC),
+)
+
+_NAMESPACED = {
+    model.Kind.SERVICE,
+    model.Kind.ENDPOINTS,
+    model.Kind.NEXUS,
+    model.Kind.CANARY,
+    model.Kind.GATEWAY,
+}
+
+
+class ConversionError(ValueError):
+    """A Kubernetes object that cannot become a model object; the message is one line."""
+
+
+# --- small typed accessors: every failure names the field path ---------------------------
+
+
+def _dict(value: Any, path: str, *, default: dict[str, Any] | None = None) -> dict[str, Any]:
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, dict):
+        raise ConversionError(f"{path}: expected an object, got {_type_name(value)}")
+    return value
+
+
+def _list(value: Any, path: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConversionError(f"{path}: expected a list, got {_type_name(value)}")
+    return value
+
+
+def _str(value: Any, path: str, *, default: str | None = None) -> str:
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, str):
+        raise ConversionError(f"{path}: expected a string, got {_type_name(value)}")
+    return value
+
+
+def _int(value: Any, path: str) -> int:
+    # NOTE: bool is a subclass of int in Python, but never a valid Kubernetes integer.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConversionError(f"{path}: expected an integer, got {_type_name(value)}")
+    return value
+
+
+def _port_number(value: Any, path: str) -> int:
+    port = _int(value, path)
+    if not 1 <= port <= 65535:
+        raise ConversionError(f"{path}: port {port} out of range 1-65535")
+    return port
+
+
+def _name(value: Any, path: str) -> str:
+    name = _str(value, path)
+    # NOTE: names become etcd key segments (navigator.keys); "/" would break the schema.
+    if not name or "/" in name:
+        raise ConversionError(f"{path}: invalid name {name!r}")
+    return name
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "number", float: "number", str: "string", list: "list"}.get(
+        type(value), "object" if isinstance(value, dict) else type(value).__name__
+    )
+
+
+# --- identity ---------------------------------------------------------------------------
+
+
+def identity(cluster: model.ClusterName, kind: model.Kind, obj: Mapping[str, Any]) -> keys.StateKey:
+    """Which normalized object a Kubernetes object is, from its metadata alone.
+
+    Works for objects whose spec is malformed, so that their deletion can still be applied.
+    """
+    meta = _dict(obj.get("metadata"), "metadata")
+    name = _name(meta.get("name"), "metadata.name")
+    namespace = _name(meta.get("namespace"), "metadata.namespace") if kind in _NAMESPACED else ""
+    return keys.StateKey(cluster=cluster, kind=kind, namespace=namespace, name=name)
+
+
+def identity_of(obj: model.Object) -> keys.StateKey:
+    """The identity of a model object: equal to ``identity`` of the object it came from."""
+    return keys.StateKey(
+        cluster=obj.cluster,
+        kind=model.kind_of(obj),
+        namespace=model.namespace_of(obj),
+        name=obj.name,
+    )
+
+
+# --- converters, one per kind -----------------------------------------------------------
+
+
+def convert(cluster: model.ClusterName, kind: model.Kind, obj: Mapping[str, Any]) -> model.Object:
+    """Converts a Kubernetes object of ``kind``; raises ConversionError on malformed input."""
+    if not isinstance(obj, Mapping):
+        raise ConversionError(f"expected an object, got {_type_name(obj)}")
+    return CONVERTERS[kind](cluster, obj)
+
+
+def service(cluster: model.ClusterName, obj: Mapping[str, Any]) -> model.Service:
+    ident = identity(cluster, model.Kind.SERVICE, obj)
+    spec = _dict(obj.get("spec"), "spec")
+    svc_type = _str(spec.get("type"), "spec.type", default="ClusterIP")
+    cluster_ip = _str(spec.get("clusterIP"), "spec.clusterIP", default="")
+    external_name = ""
+    if svc_type == "ExternalName":
+        svc_kind = model.ServiceType.EXTERNAL_NAME
+        external_name = _str(spec.get("externalName"), "spec.externalName")
+        if not external_name:
+            raise ConversionError("spec.externalName: empty for an ExternalName service")
+        cluster_ip = ""
+    elif svc_type in ("ClusterIP", "NodePort", "LoadBalancer"):
+        if cluster_ip == "None":
+            svc_kind = model.ServiceType.HEADLESS
+            cluster_ip = ""
+        else:
+            svc_kind = model.ServiceType.CLUSTER_IP
+            if cluster_ip:
+                _ip(cluster_ip, "spec.clusterIP")
+    else:
+        raise ConversionError(f"spec.type: unknown service type {svc_type!r}")
+
+    ports: list[model.ServicePort] = []
+    for i, raw in enumerate(_list(spec.get("ports"), "spec.ports")):
+        port = _service_port(_dict(raw, f"spec.ports[{i}]"), f"spec.ports[{i}]")
+        if port is not None:
+            ports.append(port)
+    ports.sort(key=lambda p: (p.port, p.protocol.value, p.name))
+
+    return model.Service(
+        cluster=cluster,
+        namespace=ident.namespace,
+        name=ident.name,
+        type=svc_kind,
+        cluster_ip=cluster_ip,
+        ports=tuple(ports),
+        external_name=external_name,
+        annotations=_mesh_annotations(obj),
+    )
+
+
+def _service_port(raw: dict[str, Any], path: str) -> model.ServicePort | None:
+    name = _str(raw.get("name"), f"{path}.name", default="")
+    number = _port_number(raw.get("port"), f"{path}.port")
+    l4 = _str(raw.get("protocol"), f"{path}.protocol", default="TCP")
+    app_protocol = _str(raw.get("appProtocol"), f"{path}.appProtocol", default="")
+    if l4 == "SCTP":
+        return None
+    if l4 == "UDP":
+        protocol = model.Protocol.UDP
+    elif l4 == "TCP":
+        protocol = port_protocol(name=name, app_protocol=app_protocol)
+        if protocol is model.Protocol.UDP:
+            raise ConversionError(f"{path}.appProtocol: udp on a TCP port")
+    else:
+        raise ConversionError(f"{path}.protocol: unknown protocol {l4!r}")
+
+    target: int | str
+    raw_target = raw.get("targetPort")
+    if raw_target is None:
+        target = number
+    elif isinstance(raw_target, str):
+        if raw_target.isdigit():
+            target = _port_number(int(raw_target), f"{path}.targetPort")
+        elif raw_target:
+            target = raw_target
+        else:
+            raise ConversionError(f"{path}.targetPort: empty")
+    else:
+        target = _port_number(raw_target, f"{path}.targetPort")
+    return model.ServicePort(name=name, port=number, protocol=protocol, target_port=target)
+
+
+def port_protocol(*, name: str, app_protocol: str = "") -> model.Protocol:
+    """The mesh protocol of a TCP port: ``appProtocol`` first, else the port name's prefix."""
+    known = _APP_PROTOCOLS.get(app_protocol.lower())
+    if known is not None:
+        return known
+    lowered = name.lower()
+    for prefix, protocol in _NAME_PREFIXES:
+        if lowered == prefix or lowered.startswith(prefix + "-"):
+            return protocol
+    return model.Protocol.TCP
+
+
+def _mesh_annotations(obj: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    meta = _dict(obj.get("metadata"), "metadata")
+    annotations = _dict(meta.get("annotations"), "metadata.annotations", default={})
+    out: list[tuple[str, str]] = []
+    for key, value in annotations.items():
+        if isinstance(key, str) and key.startswith(ANNOTATION_PREFIX):
+            out.append((key, _str(value, f"metadata.annotations[{key}]")))
+    return tuple(sorted(out))
+
+
+def endpoints(cluster: model.ClusterName, obj: Mapping[str, Any]) -> model.Endpoints:
+    ident = identity(cluster, model.Kind.ENDPOINTS, obj)
+    # NOTE: by IP; an IP in several subsets (its ports resolved differently) is one endpoint.
+    merged: dict[str, _Address] = {}
+    for i, raw_subset in enumerate(_list(obj.get("subsets"), "subsets")):
+        path = f"subsets[{i}]"
+        subset = _dict(raw_subset, path)
+        ports = [
+            _endpoint_port(_dict(p, f"{path}.ports[{j}]"), f"{path}.ports[{j}]")
+            for j, p in enumerate(_list(subset.get("ports"), f"{path}.ports"))
+        ]
+        for field, ready in (("addresses", True), ("notReadyAddresses", False)):
+            for j, raw_addr in enumerate(_list(subset.get(field), f"{path}.{field}")):
+                apath = f"{path}.{field}[{j}]"
+                addr = _dict(raw_addr, apath)
+                ip = _ip(_str(addr.get("ip"), f"{apath}.ip"), f"{apath}.ip")
+                node = _str(addr.get("nodeName"), f"{apath}.nodeName", default="")
+                pod = _pod_name(addr.get("targetRef"), f"{apath}.targetRef")
+                entry = merged.setdefault(ip, _Address(ip))
+                entry.add(ready=ready, ports=ports, node=node, pod=pod)
+
+    ordered = sorted(merged.values(), key=lambda a: _ip_sort_key(a.ip))
+    return model.Endpoints(
+        cluster=cluster,
+        namespace=ident.namespace,
+        name=ident.name,
+        endpoints=tuple(a.build() for a in ordered),
+    )
+
+
+class _Address:
+    """One IP while subsets are merged."""
+
+    def __init__(self, ip: str) -> None:
+        self.ip = ip
+        self.ready = True
+        self.ports: set[model.EndpointPort] = set()
+        self.node = ""
+        self.pod = ""
+
+    def add(self, *, ready: bool, ports: list[model.EndpointPort], node: str, pod: str) -> None:
+        self.ready = self.ready and ready
+        self.ports.update(ports)
+        self.node = self.node or node
+        self.pod = self.pod or pod
+
+    def build(self) -> model.Endpoint:
+        ports = tuple(sorted(self.ports, key=lambda p: (p.name, p.port, p.protocol)))
+        return model.Endpoint(
+            ip=self.ip, ready=self.ready, ports=ports, node=self.node, pod=self.pod
+        )
+
+
+def _endpoint_port(raw: dict[str, Any], path: str) -> model.EndpointPort:
+    name = _str(raw.get("name"), f"{path}.name", default="")
+    number = _port_number(raw.get("port"), f"{path}.port")
+    protocol = _str(raw.get("protocol"), f"{path}.protocol", default="TCP")
+    if protocol not in ("TCP", "UDP", "SCTP"):
+        raise ConversionError(f"{path}.protocol: unknown protocol {protocol!r}")
+    return model.EndpointPort(name=name, port=number, protocol=protocol)
+
+
+def _pod_name(raw: Any, path: str) -> str:
+    if raw is None:
+        return ""
+    ref = _dict(raw, path)
+    if _str(ref.get("kind"), f"{path}.kind", default="Pod") != "Pod":
+        return ""
+    return _str(ref.get("name"), f"{path}.name", default="")
+
+
+def _ip(value: str, path: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ConversionError(f"{path}: not an IP address: {value!r}") from None
+
+
+def _ip_sort_key(ip: str) -> tuple[int, bytes]:
+    addr = ipaddress.ip_address(ip)
+    return addr.version, addr.packed
+
+
+def node(cluster: model.ClusterName, obj: Mapping[str, Any]) -> model.Node:
+    ident = identity(cluster, model.Kind.NODE, obj)
+    meta = _dict(obj.get("metadata"), "metadata")
+    labels = _dict(meta.get("labels"), "metadata.labels", default={})
+    return model.Node(
+        cluster=cluster,
+        name=ident.name,
+        region=_first_label(labels, REGION_LABELS),
+        zone=_first_label(labels, ZONE_LABELS),
+    )
+
+
+def _first_label(labels: dict[str, Any], names: tuple[str, ...]) -> str:
+    for name in names:
+        value = labels.get(name)
+        if value:
+            return _str(value, f"metadata.labels[{name}]")
+    return ""
+
+
+def nexus(cluster: model.ClusterName, obj: Mapping[str, Any]) -> model.Nexus:
+    ident = identity(cluster, model.Kind.NEXUS, obj)
+    spec = _dict(obj.get("spec"), "spec")
+    app = _str(spec.get("appName"), "spec.appName")
+    if not app:
+        raise ConversionError("spec.appName: empty")
+    refs: set[model.ServiceRef] = set()
+    for i, raw in enumerate(_list(spec.get("services"), "spec.services")):
+        path = f"spec.services[{i}]"
+        entry = _dict(raw, path)
+        # NOTE: no namespace means the Nexus's own namespace; no name means every service.
+        namespace = _str(entry.get("namespace"), f"{path}.namespace", default="")
+        name = _str(entry.get("name"), f"{path}.name", default="")
+        refs.add(model.ServiceRef(namespace=namespace or ident.namespace, name=name))
+    return model.Nexus(
+        cluster=cluster,
+        namespace=ident.namespace,
+        name=ident.name,
+        app_name=model.AppName(app),
+        services=tuple(sorted(refs, key=lambda r: (r.namespace, r.name))),
+    )
+
+
+def canary_release(cluster: model.ClusterName, obj: Mapping[str, Any]) -> model.CanaryRelease:
+    ident = identity(cluster, model.Kind.CANARY, obj)
+    spec = _dict(obj.get("spec"), "spec")
+    backends: list[model.CanaryBackend] = []
+    for i, raw in enumerate(_list(spec.get("backends"), "spec.backends")):
+        path = f"spec.backends[{i}]"
+        entry = _dict(raw, path)
+        namespace = _str(entry.get("namespace"), f"{path}.namespace", default="")
+        name = _name(entry.get("name"), f"{path}.name")
+        weight = _int(entry.get("weight"), f"{path}.weight")
+        if weight < 0:
+            raise ConversionError(f"{path}.weight: negative weight {weight}")
+        backends.append(
+            model.CanaryBackend(namespace=namespace or ident.namespace, name=name, weight=weight)
+        )
+    # NOTE: whether the weights make sense (sum, existing backends) is translation's call.
+    backends.sort(key=lambda b: (b.namespace, b.name, b.weight))
+    return model.CanaryRelease(
+        cluster=cluster, namespace=ident.namespace, name=ident.name, backends=tuple(backends)
+    )
+
+
+def gateway(cluster: model.ClusterName, obj: Mapping[str, Any]) -> model.Gateway:
+    ident = identity(cluster, model.Kind.GATEWAY, obj)
+    spec = _dict(obj.get("spec"), "spec")
+    ingress_class = _str(spec.get("ingressClass"), "spec.ingressClass")
+    if not ingress_class:
+        raise ConversionError("spec.ingressClass: empty")
+    return model.Gateway(
+        cluster=cluster,
+        namespace=ident.namespace,
+        name=ident.name,
+        ingress_class=ingress_class,
+        port=_port_number(spec.get("port"), "spec.port"),
+    )
+
+
+CONVERTERS: dict[model.Kind, Callable[[model.ClusterName, Mapping[str, Any]], model.Object]] = {
+    model.Kind.SERVICE: service,
+    model.Kind.ENDPOINTS: endpoints,
+    model.Kind.NODE: node,
+    model.Kind.NEXUS: nexus,
+    model.Kind.CANARY: canary_release,
+    model.Kind.GATEWAY: gateway,
+}

@@ -1,0 +1,104 @@
+"""``navigator watcher``: one Kubernetes cluster's objects, normalized, into etcd.
+
+Wires the pieces together: a ``KubeApi`` from a kubeconfig, one ``Informer`` per kind, one
+``SyncStore`` for the cluster, and the server behaviour every component shares
+(``navigator.runtime``: JSON logs, /healthz, /readyz, /metrics, SIGTERM).
+
+The watcher itself (``runner.run_watcher``) is shared with the lab and the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from coordinator import etcd as etcd_mod
+from navigator import runtime
+from navigator.watcher import informer, runner
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ETCD = "http://127.0.0.1:2379"
+PROG = "navigator watcher"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Watch one Kubernetes cluster and write its normalized state to etcd.",
+    )
+    parser.add_argument("--cluster", required=True, help="the cluster's name in the mesh")
+    parser.add_argument("--kubeconfig", required=True, help="path of the kubeconfig")
+    parser.add_argument("--context", help="kubeconfig context (default: the cluster name)")
+    parser.add_argument(
+        "--etcd",
+        default=os.environ.get("NAVIGATOR_ETCD", DEFAULT_ETCD),
+        help="comma-separated etcd endpoints (default: $NAVIGATOR_ETCD or %(default)s)",
+    )
+    parser.add_argument("--http", default="127.0.0.1:0", help="health/metrics address host:port")
+    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        endpoints = etcd_mod.parse_endpoints(args.etcd)
+    except ValueError as exc:
+        print(f"{PROG}: --etcd: {exc}", file=sys.stderr)
+        return 2
+    runtime.setup_logging(args.log_level, component="watcher")
+
+    async def serve(stop: asyncio.Event) -> int:
+        health = runtime.Health()
+        async with contextlib.AsyncExitStack() as stack:
+            client = await stack.enter_async_context(etcd_mod.Etcd(endpoints, retry_for=10.0))
+            try:
+                w = await stack.enter_async_context(
+                    runner.run_watcher(
+                        cluster=args.cluster,
+                        kube_config=args.kubeconfig,
+                        context=args.context,
+                        etcd=client,
+                    )
+                )
+            except informer.KubeConfigError as exc:
+                print(f"{PROG}: {exc}", file=sys.stderr)
+                return 2
+            bound = await stack.enter_async_context(runtime.http_server(args.http, health))
+            log.info(
+                "watcher started",
+                extra={"cluster": args.cluster, "http": bound, "etcd": args.etcd},
+            )
+            readiness = asyncio.create_task(_readiness(w, client, health))
+            await runtime.wait_stop(stop, readiness)
+        log.info("watcher stopped", extra={"cluster": args.cluster})
+        return 0
+
+    return runtime.run(serve)
+
+
+async def _readiness(w: runner.Watcher, client: etcd_mod.Etcd, health: runtime.Health) -> None:
+    """Ready = the synced marker is written and etcd answers."""
+    while True:
+        try:
+            await asyncio.wait_for(client.ping(), timeout=2.0)
+            etcd_ok = True
+        except (etcd_mod.EtcdError, TimeoutError):
+            etcd_ok = False
+        if not w.store.synced.is_set():
+            health.set_ready(False, "not synced yet")
+        elif not etcd_ok:
+            health.set_ready(False, "etcd unreachable")
+        else:
+            health.set_ready(True)
+        await asyncio.sleep(1.0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

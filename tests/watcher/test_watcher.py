@@ -1,0 +1,317 @@
+"""The watcher end to end: the local Kubernetes API server → informers → real etcd.
+
+Every wait has a deadline and ends on an observable condition (a key in etcd, a metric, the
+reachability flag), never on a bare sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator import etcd as etcd_mod
+from navigator import keys, model
+from navigator.kubeapi import server as kubeapi_server
+from navigator.watcher import informer, metrics, runner
+
+C = model.ClusterName("east")
+MESH = "navigator.avito.ru/v1"
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def counter(metric: Any, *labels: str) -> float:
+    return float(metric.labels(*labels)._value.get())
+
+
+def service(name: str, port: int = 80, ns: str = "ns") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"namespace": ns, "name": name},
+        "spec": {"ports": [{"name": "http", "port": port}]},
+    }
+
+
+def nexus(name: str, spec: dict[str, Any], ns: str = "ns") -> dict[str, Any]:
+    return {
+        "apiVersion": MESH,
+        "kind": "Nexus",
+        "metadata": {"namespace": ns, "name": name},
+        "spec": spec,
+    }
+
+
+def skey(kind: model.Kind, ns: str, name: str) -> str:
+    """The state key of an object, built by the schema module from a stand-in object."""
+    probes: dict[model.Kind, model.Object] = {
+        model.Kind.SERVICE: model.Service(C, ns, name, model.ServiceType.CLUSTER_IP, "", ()),
+        model.Kind.NEXUS: model.Nexus(C, ns, name, model.AppName("x"), ()),
+        model.Kind.ENDPOINTS: model.Endpoints(C, ns, name, ()),
+    }
+    return keys.state_key(probes[kind])
+
+
+@pytest.fixture
+async def kube(tmp_path: Path) -> AsyncIterator[tuple[kubeapi_server.KubeApiServer, Path]]:
+    srv = kubeapi_server.KubeApiServer(name="east", bookmark_interval=0.5)
+    await srv.start()
+    path = tmp_path / "kubeconfig"
+    kubeapi_server.write_kubeconfig(path, {"east": srv.url})
+    try:
+        yield srv, path
+    finally:
+        await srv.stop()
+
+
+async def _decoded(etcd: etcd_mod.Etcd, key: str) -> model.Object | None:
+    kv = await etcd.get(key)
+    return None if kv is None else model.decode(keys.parse_state_key(key).kind, kv.value)
+
+
+def _tasks() -> set[asyncio.Task[Any]]:
+    """The watcher's own tasks (it names them); the API server's handlers are not ours."""
+    return {t for t in asyncio.all_tasks() if t.get_name().startswith("watcher-")}
+
+
+async def test_objects_converge_and_survive_drops_410_and_outages(
+    kube: tuple[kubeapi_server.KubeApiServer, Path],
+    etcd: etcd_mod.Etcd,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    srv, kubeconfig = kube
+    caplog.set_level(logging.INFO, logger="navigator.watcher")
+    srv.store.create(service("item"))
+    srv.store.create(service("gone-while-dropped"))
+    srv.store.create(service("gone-while-compacted"))
+    srv.store.create(service("gone-while-unreachable"))
+    srv.store.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": {"namespace": "ns", "name": "item"},
+            "subsets": [
+                {"addresses": [{"ip": "10.1.0.5"}], "ports": [{"name": "http", "port": 8080}]}
+            ],
+        }
+    )
+    srv.store.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": "n1", "labels": {"topology.kubernetes.io/zone": "z1"}},
+        }
+    )
+    srv.store.create(nexus("app", {"appName": "app", "services": [{"name": "item"}]}))
+    srv.store.create(
+        {
+            "apiVersion": MESH,
+            "kind": "Gateway",
+            "metadata": {"namespace": "ns", "name": "gw"},
+            "spec": {"ingressClass": "public", "port": 8080},
+        }
+    )
+    srv.store.create(
+        {
+            "apiVersion": MESH,
+            "kind": "CanaryRelease",
+            "metadata": {"namespace": "ns", "name": "c"},
+            "spec": {"backends": [{"name": "item", "weight": 100}]},
+        }
+    )
+    # A stale key from an earlier run, for an object the API no longer has: reconciled away.
+    stale = skey(model.Kind.SERVICE, "ns", "deleted-long-ago")
+    await etcd.put(stale, b"{}")
+
+    async with runner.run_watcher(
+        cluster="east", kube_config=kubeconfig, etcd=etcd, watch_timeout=5, max_backoff=0.2
+    ) as w:
+        await asyncio.wait_for(w.synced.wait(), 10)
+        # After the initial lists: everything normalized, the stale key gone, the marker there.
+        listing = await etcd.get_prefix(keys.state_prefix(C))
+        assert sorted(listing.items) == sorted(
+            [
+                skey(model.Kind.SERVICE, "ns", n)
+                for n in (
+                    "item",
+                    "gone-while-dropped",
+                    "gone-while-compacted",
+                    "gone-while-unreachable",
+                )
+            ]
+            + [
+                skey(model.Kind.ENDPOINTS, "ns", "item"),
+                keys.state_key(model.Node(C, "n1", "", "z1")),
+                skey(model.Kind.NEXUS, "ns", "app"),
+                keys.state_key(model.Gateway(C, "ns", "gw", "public", 8080)),
+                keys.state_key(model.CanaryRelease(C, "ns", "c", ())),
+            ]
+        )
+        marker = await etcd.get(keys.synced_key(C))
+        assert marker is not None
+        eps = await _decoded(etcd, skey(model.Kind.ENDPOINTS, "ns", "item"))
+        assert isinstance(eps, model.Endpoints)
+        assert [e.ip for e in eps.endpoints] == ["10.1.0.5"]
+        nx = await _decoded(etcd, skey(model.Kind.NEXUS, "ns", "app"))
+        assert nx == model.Nexus(
+            C, "ns", "app", model.AppName("app"), (model.ServiceRef("ns", "item"),)
+        )
+
+        # An update and a delete propagate.
+        srv.store.update(
+            {
+                **service("item", port=81),
+                "spec": {
+                    **service("item", 81)["spec"],
+                    "clusterIP": srv.store.get("v1", "Service", "item", "ns")["spec"]["clusterIP"],
+                },
+            }
+        )
+        srv.store.create(service("new"))
+
+        async def updated() -> bool:
+            svc = await _decoded(etcd, skey(model.Kind.SERVICE, "ns", "item"))
+            new = await etcd.get(skey(model.Kind.SERVICE, "ns", "new"))
+            return isinstance(svc, model.Service) and svc.ports[0].port == 81 and new is not None
+
+        await eventually(updated)
+        srv.store.delete("v1", "Service", "new", "ns")
+
+        async def gone(name: str) -> bool:
+            return await etcd.get(skey(model.Kind.SERVICE, "ns", name)) is None
+
+        await eventually(lambda: gone("new"))
+
+        # A dropped watch: the deletion made before it resumes is replayed from its rv.
+        relists = counter(metrics.RELISTS, C, "services")
+        srv.drop_watches()
+        srv.store.delete("v1", "Service", "gone-while-dropped", "ns")
+        await eventually(lambda: gone("gone-while-dropped"))
+        assert counter(metrics.RELISTS, C, "services") == relists
+
+        # A 410: the deletion happens with the watch down and the history compacted past it,
+        # so only the relist and its diff can see it.
+        srv.drop_watches()
+        srv.store.delete("v1", "Service", "gone-while-compacted", "ns")
+        srv.compact()
+        await eventually(lambda: gone("gone-while-compacted"))
+        assert counter(metrics.RELISTS, C, "services") >= relists + 1
+
+        # A malformed object: one clear line, nothing written, the others keep flowing; a
+        # good object turned malformed keeps its last good value.
+        caplog.clear()
+        srv.store.create(nexus("broken", {"services": [{"name": "item"}]}))
+        srv.store.update(nexus("app", {"services": []}))
+        srv.store.create(nexus("after", {"appName": "after"}))
+
+        async def after_written() -> bool:
+            return await etcd.get(skey(model.Kind.NEXUS, "ns", "after")) is not None
+
+        await eventually(after_written)
+        bad = [r for r in caplog.records if "malformed" in r.getMessage()]
+        assert [r.getMessage() for r in bad] == [
+            f"skipping malformed nexuses ns/{name} in cluster east: "
+            "spec.appName: expected a string, got null"
+            for name in ("broken", "app")
+        ]
+        assert await etcd.get(skey(model.Kind.NEXUS, "ns", "broken")) is None
+        assert await _decoded(etcd, skey(model.Kind.NEXUS, "ns", "app")) == nx
+
+        # The API server unreachable: the state is kept; it converges once it is back.
+        caplog.clear()
+        state_before = (await etcd.get_prefix(keys.state_prefix(C))).items
+        await srv.set_unreachable(True)
+
+        async def down() -> bool:
+            return not w.reachability.reachable
+
+        await eventually(down)
+        srv.store.delete("v1", "Service", "gone-while-unreachable", "ns")
+        # Several informers retry meanwhile; wait for a few failed attempts of each kind.
+        await eventually(lambda: _after_failures(caplog), within=5)
+        assert (await etcd.get_prefix(keys.state_prefix(C))).items == state_before
+        await srv.set_unreachable(False)
+        await eventually(lambda: gone("gone-while-unreachable"), within=15)
+        outage = [r for r in caplog.records if "unreachable" in r.getMessage()]
+        assert len(outage) == 1, [r.getMessage() for r in outage]
+        assert w.reachability.reachable
+
+    # Clean stop: every task the watcher started has ended.
+    assert not _tasks()
+
+
+async def _after_failures(caplog: pytest.LogCaptureFixture) -> bool:
+    # NOTE: a condition, not a sleep: the outage line is logged once the first retry failed.
+    return any("unreachable" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_unknown_custom_resource_keeps_its_keys_and_does_not_block_sync(
+    kube: tuple[kubeapi_server.KubeApiServer, Path], etcd: etcd_mod.Etcd
+) -> None:
+    _, kubeconfig = kube
+    kept = keys.state_key(model.Gateway(C, "ns", "gw", "public", 80))
+    await etcd.put(kept, b"{}")
+    resources = (
+        informer.Resource(model.Kind.SERVICE, "", "v1", "services"),
+        # A version this server does not serve, as if the CRD were not installed.
+        informer.Resource(model.Kind.GATEWAY, informer.MESH_GROUP, "v1alpha9", "gateways"),
+    )
+    async with runner.run_watcher(
+        cluster="east", kube_config=kubeconfig, etcd=etcd, resources=resources, max_backoff=0.2
+    ) as w:
+        await asyncio.wait_for(w.synced.wait(), 10)
+        assert _tasks()
+        assert await etcd.get(kept) is not None
+    assert not _tasks()
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "reason"),
+    [
+        pytest.param("{not: [yaml", [], "kubeconfig", id="not-yaml"),
+        pytest.param(None, ["--context", "nope"], "nope", id="no-such-context"),
+    ],
+)
+def test_a_broken_kubeconfig_exits_2_with_one_line(
+    tmp_path: Path, content: str | None, extra: list[str], reason: str
+) -> None:
+    path = tmp_path / "kubeconfig"
+    if content is None:
+        kubeapi_server.write_kubeconfig(path, {"east": "http://127.0.0.1:1"})
+    else:
+        path.write_text(content)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "navigator.watcher.main",
+            "--cluster",
+            "east",
+            "--kubeconfig",
+            str(path),
+            "--etcd",
+            "127.0.0.1:1",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"navigator watcher: kubeconfig {path}: ")
+    assert reason in lines[0]
