@@ -250,45 +250,75 @@ class Etcd:
         A broken stream is re-opened from the last revision seen + 1, so nothing is missed or
         repeated. Raises Compacted when etcd no longer has ``start_revision``: the caller
         relists (``get_prefix``) and watches again from the listing's revision + 1.
+
+        NOTE: each watch is its own gRPC stream on the shared channel, driven here rather than
+        through aetcd's multiplexing Watcher: that one deadlocks when a watch is cancelled
+        while another is being created (seen: a hang in about one run out of three).
         """
         next_revision = start_revision
         attempt = 0
         while True:
             try:
-                watch = await self._client.watch_prefix(
-                    prefix.encode(), start_revision=next_revision
-                )
-                attempt = 0
-                try:
-                    async for ev in watch:
-                        rev = ev.kv.mod_revision
-                        key = ev.kv.key.decode()
-                        value = ev.kv.value if ev.kind == "PUT" else None
-                        next_revision = rev + 1
-                        yield Event(key=key, value=value, revision=rev)
-                finally:
-                    await _cancel_quietly(watch)
-                # NOTE: the iterator ends without error only when cancelled or shut down.
-                raise EtcdUnavailable("etcd watch ended")
-            except aetcd.exceptions.RevisionCompactedError as exc:
-                raise Compacted(exc.compacted_revision) from exc
-            except (*_TRANSIENT, EtcdUnavailable, aetcd.rpc.AioRpcError) as exc:
-                attempt += 1
-                delay = min(2.0, 0.1 * 2**attempt)
-                log.warning(
-                    "etcd watch broken, resuming",
-                    extra={"prefix": prefix, "revision": next_revision, "error": str(exc)},
-                )
-                # NOTE: aetcd opens a new watch stream on the same channel; gRPC reconnects
-                # the channel (to another member if needed) by itself.
-                await asyncio.sleep(delay)
+                async for batch in self._watch_stream(prefix, next_revision):
+                    attempt = 0
+                    for ev in batch:
+                        next_revision = ev.revision + 1
+                        yield ev
+            except aetcd.rpc.AioRpcError as exc:
+                error = f"{exc.code().name}: {exc.details()}"
+            except EtcdUnavailable as exc:
+                error = str(exc)
+            else:
+                error = "stream ended"
+            attempt += 1
+            log.log(
+                logging.WARNING if attempt == 1 else logging.DEBUG,
+                "etcd watch broken, resuming",
+                extra={"prefix": prefix, "revision": next_revision, "error": error},
+            )
+            await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
+
+    async def _watch_stream(self, prefix: str, revision: int) -> AsyncIterator[list[Event]]:
+        await self._client.connect()
+        create = aetcd.rpc.WatchRequest(
+            create_request=aetcd.rpc.WatchCreateRequest(
+                key=prefix.encode(),
+                range_end=keys.prefix_range_end(prefix),
+                start_revision=revision,
+                progress_notify=True,
+            )
+        )
+        done = asyncio.Event()
+
+        async def requests() -> AsyncIterator[Any]:
+            yield create
+            # NOTE: closing our side would make etcd end the stream; keep it open.
+            await done.wait()
+
+        stub = aetcd.rpc.WatchStub(self._client.channel)
+        call = stub.Watch(requests(), metadata=self._client.metadata)
+        try:
+            async for resp in call:
+                if resp.compact_revision:
+                    raise Compacted(resp.compact_revision)
+                if resp.canceled:
+                    raise EtcdUnavailable(f"etcd cancelled the watch: {resp.cancel_reason}")
+                if resp.events:
+                    yield [
+                        Event(
+                            key=ev.kv.key.decode(),
+                            value=None if ev.type == _DELETE else ev.kv.value,
+                            revision=ev.kv.mod_revision,
+                        )
+                        for ev in resp.events
+                    ]
+        finally:
+            done.set()
+            call.cancel()
 
 
-async def _cancel_quietly(watch: Any) -> None:
-    try:
-        await watch.cancel()
-    except Exception as exc:  # NOTE: the stream may already be gone.
-        log.debug("cancelling etcd watch failed: %s", exc)
+_DELETE = 1
+"""``mvccpb.Event.DELETE``."""
 
 
 def _wrap_rpc(call: Any) -> Any:

@@ -230,7 +230,7 @@ def _convert(type_name: str, value: Any) -> Any:
     if type_name.startswith("tuple[tuple[str, str]"):
         return tuple((str(k), str(v)) for k, v in value)
     if type_name.startswith("tuple["):
-        inner = type_name[len("tuple[") :].split(",")[0].strip()
+        inner = type_name[len("tuple[") :].split(",", maxsplit=1)[0].strip()
         return tuple(_convert(inner, item) for item in value)
     if type_name in _NESTED:
         return _build(_NESTED[type_name], value)

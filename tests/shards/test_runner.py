@@ -49,10 +49,8 @@ async def _put(etcd: etcd_mod.Etcd, *objs: model.Object) -> None:
     await etcd.apply(puts={keys.state_key(o): model.encode(o) for o in objs})
 
 
-async def _until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.01)
+async def _flushed_until(tr: runner.Translator, cond: Callable[[], bool]) -> None:
+    await asyncio.wait_for(tr.wait_until(cond), 10)
 
 
 async def test_publishes_only_after_every_cluster_is_synced(etcd: etcd_mod.Etcd) -> None:
@@ -60,7 +58,9 @@ async def test_publishes_only_after_every_cluster_is_synced(etcd: etcd_mod.Etcd)
     await _put(etcd, _endpoints(EAST, "127.21.0.5"), _endpoints(WEST, "127.22.0.5"))
     await etcd.put(keys.synced_key(EAST), b"{}")
     async with runner.running(etcd, debounce=0.0) as tr:
-        await _until(lambda: tr.generation == 0 and not tr.all_synced())
+        await asyncio.wait_for(tr.loaded.wait(), 10)
+        assert not tr.all_synced()
+        assert tr.generation == 0
         assert (await etcd.get_prefix(keys.SNAPSHOTS)).items == {}
         await etcd.put(keys.synced_key(WEST), b"{}")
         await asyncio.wait_for(tr.published.wait(), 10)
@@ -70,8 +70,12 @@ async def test_publishes_only_after_every_cluster_is_synced(etcd: etcd_mod.Etcd)
         keys.app_snapshot_key(model.AppName("web"), WEST),
         keys.eds_key("shop/item:8890"),
     }
-    west = snapshot.decode_app(listing.items[keys.app_snapshot_key(model.AppName("web"), WEST)].value)
-    lds = [snapshot.resource_to_dict(snapshot.LISTENER, r.body) for r in west.resources[snapshot.LISTENER]]
+    west_key = keys.app_snapshot_key(model.AppName("web"), WEST)
+    west = snapshot.decode_app(listing.items[west_key].value)
+    lds = [
+        snapshot.resource_to_dict(snapshot.LISTENER, r.body)
+        for r in west.resources[snapshot.LISTENER]
+    ]
     assert lds[0]["address"]["socket_address"]["address"] == "127.32.0.10"
 
 
@@ -83,9 +87,9 @@ async def test_endpoint_change_writes_one_key_and_restart_writes_none(etcd: etcd
         before = await etcd.get_prefix(keys.SNAPSHOTS)
         gen = tr.generation
         await _put(etcd, _endpoints(EAST, "127.21.0.5", "127.21.0.6"))
-        await _until(lambda: tr.generation > gen)
+        await _flushed_until(tr, lambda: tr.generation > gen)
         after = await etcd.get_prefix(keys.SNAPSHOTS)
-    changed = {k for k in after.items if after.items[k].mod_revision != before.items[k].mod_revision}
+    changed = {k for k, v in after.items.items() if v.mod_revision != before.items[k].mod_revision}
     assert changed == {keys.eds_key("shop/item:8890")}
 
     async with runner.running(etcd, debounce=0.0) as tr:
@@ -111,7 +115,7 @@ async def test_incremental_runner_agrees_with_full_translation(etcd: etcd_mod.Et
         gen = tr.generation
         await _put(etcd, *objs[3:])
         # NOTE: one transaction is one etcd revision, delivered and flushed as one batch.
-        await _until(lambda: tr.generation > gen)
+        await _flushed_until(tr, lambda: tr.generation > gen)
     full = translate.translate(objs, [EAST, WEST])
     listing = await etcd.get_prefix(keys.SNAPSHOTS)
     for (app, cluster), snap in full.apps.items():

@@ -1,0 +1,320 @@
+"""The front-end's in-memory copy of every stored snapshot, kept current by one etcd watch.
+
+Every sidecar stream reads from here and never from etcd, so a front-end holds one etcd watch
+however many Envoys it serves (go-control-plane's ``ConfigWatcher`` plays the same role). The
+stream code depends only on ``ConfigSource``; ``SnapshotCache`` is its etcd-backed
+implementation:
+
+- it lists ``keys.SNAPSHOTS`` once, then watches from the listing's revision + 1; on
+  ``Compacted`` it relists and diffs, so unchanged resources cause no push;
+- each resource is wrapped into a ``google.protobuf.Any`` and framed as a response entry ONCE,
+  when loaded (``Encoded.entry``); responses are concatenations of these bytes;
+- subscribers are told when a key they depend on changes (an app snapshot, an EDS blob);
+  notifications are coalesced and delivered after a whole etcd revision has been applied,
+  so a stream never sees half of a change;
+- ``ready`` is true once the first listing is loaded and while etcd answers; after losing
+  etcd the last state keeps being served (``loaded`` stays true) but ``ready`` turns false.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+from coordinator import etcd as etcd_mod
+from navigator import keys, model, runtime, snapshot
+from navigator.xds import wire
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Encoded:
+    """One resource as it goes on the wire; built once when the snapshot is loaded."""
+
+    name: str
+    hash: str
+    entry: bytes
+    """A ``DiscoveryResponse.resources`` field holding the resource's ``Any``."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AppEntry:
+    """A decoded app snapshot with its resources pre-encoded, by type URL then name."""
+
+    snapshot: snapshot.AppSnapshot
+    resources: Mapping[str, Mapping[str, Encoded]]
+    endpoints: frozenset[str]
+
+    def of_type(self, type_url: str) -> Mapping[str, Encoded]:
+        return self.resources.get(type_url, {})
+
+
+def encode_app(snap: snapshot.AppSnapshot) -> AppEntry:
+    resources = {
+        type_url: {
+            r.name: Encoded(r.name, r.hash, wire.resource_entry(type_url, r.body))
+            for r in sorted(items, key=lambda r: r.name)
+        }
+        for type_url, items in snap.resources.items()
+    }
+    return AppEntry(snapshot=snap, resources=resources, endpoints=frozenset(snap.endpoints))
+
+
+def encode_eds(name: str, body: bytes) -> Encoded:
+    return Encoded(name, snapshot.content_hash(body), wire.resource_entry(snapshot.ENDPOINT, body))
+
+
+class Subscription:
+    """What one stream depends on; ``changed`` is set when any of those keys changes.
+
+    NOTE: the stream may also set ``changed`` itself (a new request): it is the stream's one
+    wake-up signal, so a burst of changes costs a single re-evaluation.
+    """
+
+    def __init__(self, owner: SnapshotCache) -> None:
+        self._owner = owner
+        self.keys: frozenset[str] = frozenset()
+        self.changed = asyncio.Event()
+
+    def set_keys(self, new_keys: Iterable[str]) -> None:
+        self._owner._reindex(self, frozenset(new_keys))
+
+    def close(self) -> None:
+        self._owner._reindex(self, frozenset())
+        self._owner._subs.discard(self)
+
+
+class ConfigSource(Protocol):
+    """The narrow interface the ADS stream code depends on."""
+
+    @property
+    def loaded(self) -> bool:
+        """The first full listing has been applied: an absent snapshot really is absent."""
+        ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    def app(self, app: str, cluster: str) -> AppEntry | None: ...
+
+    def eds(self, name: str, variant: str) -> Encoded | None: ...
+
+    def subscribe(self) -> Subscription: ...
+
+
+class SnapshotCache:
+    """``ConfigSource`` fed by one list + watch of ``keys.SNAPSHOTS``; run it with ``run()``."""
+
+    def __init__(
+        self,
+        etcd: etcd_mod.Etcd,
+        *,
+        health: runtime.Health | None = None,
+        ping_interval: float = 5.0,
+        ping_timeout: float = 3.0,
+        retry_delay: float = 1.0,
+    ) -> None:
+        self._etcd = etcd
+        self._health = health
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._retry_delay = retry_delay
+        self._raw: dict[str, bytes] = {}
+        self._apps: dict[str, AppEntry] = {}
+        self._eds: dict[str, Encoded] = {}
+        self._subs: set[Subscription] = set()
+        self._index: dict[str, set[Subscription]] = {}
+        self._pending: set[str] = set()
+        self._flush_scheduled = False
+        self._loaded = False
+        self._etcd_ok = False
+        self._loaded_event = asyncio.Event()
+        self.revision = 0
+        """The etcd revision the state reflects (last listing or watch event applied)."""
+        self._report()
+
+    # -- ConfigSource ---------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    @property
+    def ready(self) -> bool:
+        return self._loaded and self._etcd_ok
+
+    def app(self, app: str, cluster: str) -> AppEntry | None:
+        return self._apps.get(keys.app_snapshot_key(model.AppName(app), model.ClusterName(cluster)))
+
+    def eds(self, name: str, variant: str) -> Encoded | None:
+        return self._eds.get(keys.eds_key(name, variant))
+
+    def subscribe(self) -> Subscription:
+        sub = Subscription(self)
+        self._subs.add(sub)
+        return sub
+
+    async def wait_loaded(self) -> None:
+        await self._loaded_event.wait()
+
+    # -- loading --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """List, then watch, forever; relist on compaction; retry while etcd is unreachable."""
+        pinger = asyncio.create_task(self._ping_loop(), name="xds-etcd-ping")
+        try:
+            await self._load_loop()
+        finally:
+            pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pinger
+
+    async def _load_loop(self) -> None:
+        unavailable_logged = False
+        while True:
+            try:
+                listing = await self._etcd.get_prefix(keys.SNAPSHOTS)
+            except etcd_mod.EtcdError as exc:
+                if not unavailable_logged:
+                    log.error(
+                        "cannot list snapshots from etcd; retrying, not ready until it answers",
+                        extra={"endpoints": ",".join(self._etcd.endpoints), "error": str(exc)},
+                    )
+                    unavailable_logged = True
+                self._set_etcd_ok(False)
+                await asyncio.sleep(self._retry_delay)
+                continue
+            unavailable_logged = False
+            self._replace(listing)
+            try:
+                async for ev in self._etcd.watch_prefix(
+                    keys.SNAPSHOTS, start_revision=listing.revision + 1
+                ):
+                    self._apply(ev.key, ev.value)
+                    self.revision = ev.revision
+                    self._schedule_flush()
+            except etcd_mod.Compacted as exc:
+                log.warning("snapshot watch compacted, relisting", extra={"revision": exc.revision})
+            except etcd_mod.EtcdError as exc:
+                log.warning("snapshot watch failed, relisting", extra={"error": str(exc)})
+                await asyncio.sleep(self._retry_delay)
+
+    async def _ping_loop(self) -> None:
+        """Tracks whether etcd answers: the watch resumes silently, so readiness needs this."""
+        while True:
+            await asyncio.sleep(self._ping_interval if self._etcd_ok else self._retry_delay)
+            if not self._loaded:
+                continue
+            try:
+                await asyncio.wait_for(self._etcd.ping(), self._ping_timeout)
+            except (etcd_mod.EtcdError, TimeoutError) as exc:
+                if self._etcd_ok:
+                    log.error(
+                        "lost etcd; serving the last loaded snapshots, not ready",
+                        extra={"error": str(exc) or type(exc).__name__},
+                    )
+                self._set_etcd_ok(False)
+            else:
+                if not self._etcd_ok:
+                    log.info("etcd reachable again")
+                self._set_etcd_ok(True)
+
+    def _replace(self, listing: etcd_mod.Listing) -> None:
+        """Applies a full listing as a diff against the current state, then notifies."""
+        for key in [k for k in self._raw if k not in listing.items]:
+            self._apply(key, None)
+        for key, kv in listing.items.items():
+            if self._raw.get(key) != kv.value:
+                self._apply(key, kv.value)
+        self.revision = listing.revision
+        first = not self._loaded
+        self._loaded = True
+        self._etcd_ok = True
+        self._loaded_event.set()
+        self._report()
+        if first:
+            # NOTE: streams waiting for the first listing (an absent snapshot means an empty
+            # config only once the listing is complete) are woken all at once.
+            for sub in self._subs:
+                sub.changed.set()
+        log.info(
+            "snapshots loaded",
+            extra={"revision": listing.revision, "apps": len(self._apps), "eds": len(self._eds)},
+        )
+        self._flush()
+
+    def _apply(self, key: str, value: bytes | None) -> None:
+        if value is None:
+            if self._raw.pop(key, None) is not None:
+                self._apps.pop(key, None)
+                self._eds.pop(key, None)
+                self._pending.add(key)
+            return
+        if self._raw.get(key) == value:
+            return
+        self._raw[key] = value
+        if key.startswith(keys.APP_SNAPSHOTS):
+            try:
+                keys.parse_app_snapshot_key(key)
+                self._apps[key] = encode_app(snapshot.decode_app(value))
+            except (keys.SchemaError, snapshot.SnapshotError) as exc:
+                log.error(
+                    "undecodable app snapshot, keeping the previous one",
+                    extra={"key": key, "error": str(exc)},
+                )
+                return
+        elif key.startswith(keys.EDS_SNAPSHOTS):
+            try:
+                name, _ = keys.parse_eds_key(key)
+            except keys.SchemaError as exc:
+                log.error("malformed EDS key, ignored", extra={"key": key, "error": str(exc)})
+                return
+            self._eds[key] = encode_eds(name, value)
+        else:
+            return
+        self._pending.add(key)
+
+    def _schedule_flush(self) -> None:
+        # NOTE: all events of one etcd revision arrive before the watch consumer yields to the
+        # loop, so a flush scheduled with call_soon never exposes half of a revision.
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, set()
+        for key in pending:
+            for sub in self._index.get(key, ()):
+                sub.changed.set()
+
+    def _reindex(self, sub: Subscription, new_keys: frozenset[str]) -> None:
+        for key in sub.keys - new_keys:
+            subs = self._index.get(key)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._index[key]
+        for key in new_keys - sub.keys:
+            self._index.setdefault(key, set()).add(sub)
+        sub.keys = new_keys
+
+    def _set_etcd_ok(self, ok: bool) -> None:
+        if ok != self._etcd_ok:
+            self._etcd_ok = ok
+            self._report()
+
+    def _report(self) -> None:
+        if self._health is None:
+            return
+        if self.ready:
+            self._health.set_ready(True, "")
+        elif not self._loaded:
+            self._health.set_ready(False, "loading snapshots from etcd")
+        else:
+            self._health.set_ready(False, "etcd unreachable; serving the last loaded snapshots")

@@ -1,0 +1,177 @@
+"""The SotW ADS protocol rules, driven by a raw gRPC client against the real server and etcd.
+
+A raw client can observe what Envoy hides: which responses were (not) sent. "Nothing was
+sent" is proven without sleeping: the client then asks for another type and checks that the
+next response is that one (a stream handles requests in order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+import xds_helpers as h
+from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import status_pb2
+
+from coordinator import etcd as etcd_mod
+from navigator import snapshot
+from navigator.xds import server as xds_server
+
+METHOD = f"/{xds_server.SERVICE}/{xds_server.METHOD}"
+
+
+class AdsClient:
+    def __init__(self, channel: grpc.aio.Channel, node: Any) -> None:
+        method = channel.stream_stream(
+            METHOD,
+            request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
+            response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
+        )
+        self.call = method()
+        self.node = node
+
+    async def send(
+        self,
+        type_url: str,
+        names: Sequence[str] = (),
+        *,
+        nonce: str = "",
+        version: str = "",
+        error: str = "",
+    ) -> None:
+        req = discovery_pb2.DiscoveryRequest(
+            node=self.node,
+            type_url=type_url,
+            resource_names=list(names),
+            response_nonce=nonce,
+            version_info=version,
+        )
+        if error:
+            req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+        await self.call.write(req)
+
+    async def recv(self) -> Any:
+        async with asyncio.timeout(5):
+            return await self.call.read()
+
+
+def node(app: str = "shop", k8s_cluster: str = "c1", zone: str = "z1") -> Any:
+    n = base_pb2.Node(id=f"{app}-raw", cluster=app, locality=base_pb2.Locality(zone=zone))
+    n.metadata.update({"app": app, "k8s_cluster": k8s_cluster})
+    return n
+
+
+@pytest.fixture
+async def channel(xds: xds_server.Handle) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{xds.port}") as ch:
+        yield ch
+
+
+def names_of(resp: Any) -> list[str]:
+    out = []
+    for item in resp.resources:
+        cla = endpoint_pb2.ClusterLoadAssignment()
+        item.Unpack(cla)
+        out.append(cla.cluster_name)
+    return out
+
+
+async def test_absent_snapshot_serves_empty_clusters_and_listeners(
+    channel: grpc.aio.Channel,
+) -> None:
+    client = AdsClient(channel, node(app="no-nexus"))
+    await client.send(snapshot.CLUSTER)
+    cds = await client.recv()
+    assert (cds.type_url, len(cds.resources)) == (snapshot.CLUSTER, 0)
+    await client.send(snapshot.LISTENER)
+    lds = await client.recv()
+    assert (lds.type_url, len(lds.resources)) == (snapshot.LISTENER, 0)
+    assert lds.nonce != cds.nonce
+
+
+async def test_eds_resubscription_with_the_previous_nonce_and_zone_variants(
+    etcd: etcd_mod.Etcd, channel: grpc.aio.Channel, xds: xds_server.Handle
+) -> None:
+    one, two = h.Service("one", 10001), h.Service("two", 10002)
+    await h.publish_app(etcd, h.app_snapshot("shop", "c1", [one, two]))
+    await h.publish_eds(etcd, "one", ("10.0.0.1", 80))
+    await h.publish_eds(etcd, "one", ("10.0.1.1", 80), variant="z1")
+    await h.applied(xds.cache, await h.publish_eds(etcd, "two", ("10.0.0.2", 80)))
+    client = AdsClient(channel, node(zone="z1"))
+
+    await client.send(snapshot.ENDPOINT, ["one"])
+    first = await client.recv()
+    cla = endpoint_pb2.ClusterLoadAssignment()
+    first.resources[0].Unpack(cla)
+    assert cla.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address == "10.0.1.1"
+    await client.send(snapshot.ENDPOINT, ["one"], nonce=first.nonce, version=first.version_info)
+
+    # Envoy's behaviour when CDS adds a cluster: same (previous) nonce, new names.
+    await client.send(
+        snapshot.ENDPOINT, ["one", "two", "missing"], nonce=first.nonce, version=first.version_info
+    )
+    second = await client.recv()
+    assert names_of(second) == ["one", "two"]  # unknown names are omitted
+    assert second.version_info != first.version_info
+
+    # A stale nonce with an unchanged subscription is ignored.
+    await client.send(snapshot.ENDPOINT, ["one", "two", "missing"], nonce=first.nonce)
+    await client.send(snapshot.CLUSTER)
+    assert (await client.recv()).type_url == snapshot.CLUSTER
+
+
+async def test_nack_is_not_resent_until_the_content_changes(
+    etcd: etcd_mod.Etcd, channel: grpc.aio.Channel, xds: xds_server.Handle
+) -> None:
+    snap = h.app_snapshot("shop", "c1", [h.Service("one", 10001)])
+    await h.applied(xds.cache, await h.publish_app(etcd, snap))
+    client = AdsClient(channel, node())
+    await client.send(snapshot.CLUSTER)
+    cds = await client.recv()
+    await client.send(snapshot.CLUSTER, nonce=cds.nonce, error="rejected (token 1234)")
+    await client.send(snapshot.LISTENER)
+    assert (await client.recv()).type_url == snapshot.LISTENER
+    assert [(n.type_url, n.rejected_version) for n in xds.ads.nacks] == [
+        (snapshot.CLUSTER, cds.version_info)
+    ]
+
+    await h.publish_app(
+        etcd, h.app_snapshot("shop", "c1", [h.Service("one", 10001), h.Service("two", 10002)])
+    )
+    again = await client.recv()
+    assert again.type_url == snapshot.CLUSTER
+    assert again.version_info != cds.version_info
+    assert len(again.resources) == 2
+
+
+async def test_a_resumed_stream_gets_nothing_it_already_has(
+    etcd: etcd_mod.Etcd, channel: grpc.aio.Channel, xds: xds_server.Handle
+) -> None:
+    snap = h.app_snapshot("shop", "c1", [h.Service("one", 10001)])
+    await h.applied(xds.cache, await h.publish_app(etcd, snap))
+    first = AdsClient(channel, node())
+    await first.send(snapshot.CLUSTER)
+    cds = await first.recv()
+    first.call.cancel()
+
+    # As after a fail-over to another front-end: the versions are content hashes.
+    resumed = AdsClient(channel, node())
+    await resumed.send(snapshot.CLUSTER, version=cds.version_info)
+    await resumed.send(snapshot.LISTENER)
+    lds = await resumed.recv()
+    assert lds.type_url == snapshot.LISTENER
+
+
+async def test_a_node_without_identity_is_refused(channel: grpc.aio.Channel) -> None:
+    client = AdsClient(channel, base_pb2.Node(id="anonymous"))
+    await client.send(snapshot.CLUSTER)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.recv()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -1,0 +1,85 @@
+"""SnapshotCache against real etcd: loading, notification, bad values and relisting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+import xds_helpers as h
+
+from coordinator import etcd as etcd_mod
+from navigator import keys, model, runtime, snapshot
+from navigator.xds import cache as cache_mod
+
+APP_KEY = keys.app_snapshot_key(model.AppName("shop"), model.ClusterName("c1"))
+
+
+@pytest.fixture
+async def loaded(
+    etcd: etcd_mod.Etcd,
+) -> AsyncIterator[tuple[cache_mod.SnapshotCache, runtime.Health]]:
+    await h.publish_app(etcd, h.app_snapshot("shop", "c1", [h.Service("one", 1)]))
+    health = runtime.Health()
+    cache = cache_mod.SnapshotCache(etcd, health=health)
+    task = asyncio.create_task(cache.run())
+    try:
+        await asyncio.wait_for(cache.wait_loaded(), 10)
+        yield cache, health
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_ready_after_the_first_listing_and_notifies_dependents(
+    etcd: etcd_mod.Etcd, loaded: tuple[cache_mod.SnapshotCache, runtime.Health]
+) -> None:
+    cache, health = loaded
+    assert cache.ready and health.ready
+    entry = cache.app("shop", "c1")
+    assert entry is not None and set(entry.of_type(snapshot.CLUSTER)) == {"one"}
+    sub = cache.subscribe()
+    other = cache.subscribe()
+    sub.set_keys({keys.eds_key("one")})
+    other.set_keys({keys.eds_key("two")})
+    await h.publish_eds(etcd, "one", ("10.0.0.1", 80))
+    await asyncio.wait_for(sub.changed.wait(), 5)
+    assert not other.changed.is_set()
+    found = cache.eds("one", keys.DEFAULT_VARIANT)
+    assert found is not None and found.name == "one"
+    sub.close()
+    other.close()
+
+
+async def test_an_undecodable_snapshot_keeps_the_previous_one(
+    etcd: etcd_mod.Etcd,
+    loaded: tuple[cache_mod.SnapshotCache, runtime.Health],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cache, _ = loaded
+    before = cache.app("shop", "c1")
+    rev = await etcd.put(APP_KEY, b"{not json")
+    await h.eventually(lambda: _value(cache.revision >= rev), what="the bad value applied")
+    assert cache.app("shop", "c1") is before
+    assert any(APP_KEY in str(r.__dict__.get("key")) for r in caplog.records)
+
+
+async def test_relisting_unchanged_state_notifies_nobody(
+    etcd: etcd_mod.Etcd, loaded: tuple[cache_mod.SnapshotCache, runtime.Health]
+) -> None:
+    cache, _ = loaded
+    sub = cache.subscribe()
+    sub.set_keys({APP_KEY})
+    cache._replace(await etcd.get_prefix(keys.SNAPSHOTS))
+    assert not sub.changed.is_set()
+    await h.publish_app(etcd, h.app_snapshot("shop", "c1", [h.Service("two", 2)]))
+    listing = await etcd.get_prefix(keys.SNAPSHOTS)
+    cache._replace(listing)
+    assert sub.changed.is_set()
+    sub.close()
+
+
+async def _value(value: bool) -> bool:
+    return value
