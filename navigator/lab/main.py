@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import prometheus_client
 import yaml
 
 from navigator import bootstrap, runtime
@@ -43,6 +44,8 @@ from navigator.lab import procs
 log = logging.getLogger(__name__)
 
 REPO_EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+PROCESSES = prometheus_client.Gauge("navigator_lab_processes", "Processes started", ["role"])
 
 
 class LabError(RuntimeError):
@@ -136,6 +139,8 @@ class Lab:
         self.kubeconfig = self.state_dir / "kubeconfig"
         self.sidecars: list[dict[str, Any]] = []
         self.xds_address = ""
+        self.http = ""
+        """The lab's own /healthz, /readyz and /metrics address."""
 
     def _python(self, *args: str) -> list[str]:
         return [sys.executable, "-m", *args]
@@ -144,6 +149,7 @@ class Lab:
         popen = procs.start(args, log_file=self.logs / f"{name}.log")
         proc = Proc(role=role, name=name, popen=popen, **kw)
         self.procs.append(proc)
+        PROCESSES.labels(role=role).inc()
         log.info("started", extra={"role": role, "proc": name, "pid": popen.pid})
         return proc
 
@@ -378,6 +384,7 @@ class Lab:
             "xds": [self.xds_address],
             "processes": [p.describe() for p in self.procs],
             "logs": str(self.logs),
+            "http": self.http,
         }
         tmp = self.state_dir / "lab.json.tmp"
         tmp.write_text(json.dumps(doc, indent=2) + "\n")
@@ -460,6 +467,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--examples", type=Path, default=REPO_EXAMPLES, help="topology and manifests"
     )
+    parser.add_argument(
+        "--http",
+        default="127.0.0.1:0",
+        help="address of the lab's /healthz, /readyz (all processes up) and /metrics",
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     runtime.setup_logging(args.log_level, component="lab")
@@ -470,35 +482,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         except LabError as exc:
             print(f"navigator lab: {exc}", file=sys.stderr)
             return 2
-        try:
-            starting = asyncio.create_task(lab.start())
-            stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait([starting, stopper], return_when=asyncio.FIRST_COMPLETED)
-            if not starting.done():
-                starting.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await starting
-                return 130
-            stopper.cancel()
-            starting.result()
-            print(instructions(lab), flush=True)
-            while not stop.is_set():
-                dead = lab.check_alive()
-                if dead is not None:
-                    print(
-                        f"navigator lab: {dead.name} exited with {dead.popen.returncode}; "
-                        f"see {lab.logs / (dead.name + '.log')}",
-                        file=sys.stderr,
-                    )
-                    return 1
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
-            return 0
-        except (LabError, procs.ProcError) as exc:
-            print(f"navigator lab: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            await lab.stop()
-            log.info("lab stopped")
+        health = runtime.Health()
+        async with runtime.http_server(args.http, health) as http:
+            lab.http = http
+            return await _run(lab, stop, health)
 
     return runtime.run(amain)
+
+
+async def _run(lab: Lab, stop: asyncio.Event, health: runtime.Health) -> int:
+    try:
+        starting = asyncio.create_task(lab.start())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([starting, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return 130
+        stopper.cancel()
+        starting.result()
+        health.set_ready(True)
+        print(instructions(lab), flush=True)
+        while not stop.is_set():
+            dead = lab.check_alive()
+            if dead is not None:
+                health.set_ready(False, f"{dead.name} exited")
+                print(
+                    f"navigator lab: {dead.name} exited with {dead.popen.returncode}; "
+                    f"see {lab.logs / (dead.name + '.log')}",
+                    file=sys.stderr,
+                )
+                return 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+        return 0
+    except (LabError, procs.ProcError) as exc:
+        print(f"navigator lab: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        health.set_ready(False, "stopping")
+        await lab.stop()
+        log.info("lab stopped")

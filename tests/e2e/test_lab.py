@@ -112,6 +112,14 @@ def _pods_hit(url: str, n: int) -> collections.Counter[str]:
     return hits
 
 
+def test_lab_reports_ready_and_lists_every_role(lab: dict[str, Any]) -> None:
+    with urllib.request.urlopen(f"http://{lab['http']}/readyz", timeout=2) as resp:
+        assert resp.status == 200
+    roles = {p["role"] for p in lab["processes"]}
+    assert roles == {"etcd", "kube-api", "watcher", "translator", "xds", "envoy", "backend"}
+    assert {c["name"] for c in lab["clusters"]} == {"east", "west"}
+
+
 def test_traffic_by_cluster_ip_reaches_pods_of_both_clusters(lab: dict[str, Any]) -> None:
     item = next(s for s in lab["services"] if s["name"] == "item")
     url = f"http://{item['cluster_ips']['east']}:8890/"
