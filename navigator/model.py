@@ -28,6 +28,7 @@ class Kind(enum.StrEnum):
 
     SERVICE = "services"
     ENDPOINTS = "endpoints"
+    ENDPOINT_SLICE = "endpointslices"
     NODE = "nodes"
     NEXUS = "nexuses"
     CANARY = "canaryreleases"
@@ -106,6 +107,22 @@ class Endpoints:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class EndpointSlice:
+    """One ``discovery.k8s.io/v1`` EndpointSlice: a part of one Service's endpoints.
+
+    A Service has any number of slices; translation takes their union per cluster.
+    """
+
+    cluster: ClusterName
+    namespace: str
+    name: str
+    service: str
+    """The ``kubernetes.io/service-name`` label: the Service the slice belongs to."""
+    endpoints: tuple[Endpoint, ...]
+    """One per address, sorted by IP; each carries the slice's ports."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Node:
     cluster: ClusterName
     name: str
@@ -153,11 +170,12 @@ class Gateway:
     port: int
 
 
-Object = Service | Endpoints | Node | Nexus | CanaryRelease | Gateway
+Object = Service | Endpoints | EndpointSlice | Node | Nexus | CanaryRelease | Gateway
 
 KIND_OF: dict[type[Any], Kind] = {
     Service: Kind.SERVICE,
     Endpoints: Kind.ENDPOINTS,
+    EndpointSlice: Kind.ENDPOINT_SLICE,
     Node: Kind.NODE,
     Nexus: Kind.NEXUS,
     CanaryRelease: Kind.CANARY,

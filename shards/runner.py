@@ -49,6 +49,8 @@ DECODE_ERRORS = prometheus_client.Counter(
 )
 
 ServiceKey = tuple[str, str]
+SliceId = tuple[model.ClusterName, str]
+"""An EndpointSlice within its Service: (cluster, slice name)."""
 K = TypeVar("K")
 J = TypeVar("J")
 V = TypeVar("V")
@@ -80,6 +82,8 @@ class Translator:
         self._synced: set[model.ClusterName] = set()
         self._services: dict[ServiceKey, dict[model.ClusterName, model.Service]] = {}
         self._endpoints: dict[ServiceKey, dict[model.ClusterName, model.Endpoints]] = {}
+        # NOTE: slices are indexed by their service-name label, not their own name.
+        self._slices: dict[ServiceKey, dict[SliceId, model.EndpointSlice]] = {}
         self._nodes: dict[tuple[model.ClusterName, str], model.Node] = {}
         self._nexuses: dict[model.AppName, dict[str, model.Nexus]] = {}
 
@@ -140,6 +144,8 @@ class Translator:
             self._services.setdefault((obj.namespace, obj.name), {})[obj.cluster] = obj
         elif isinstance(obj, model.Endpoints):
             self._endpoints.setdefault((obj.namespace, obj.name), {})[obj.cluster] = obj
+        elif isinstance(obj, model.EndpointSlice):
+            self._slices.setdefault((obj.namespace, obj.service), {})[(obj.cluster, obj.name)] = obj
         elif isinstance(obj, model.Node):
             self._nodes[(obj.cluster, obj.name)] = obj
         elif isinstance(obj, model.Nexus):
@@ -151,6 +157,8 @@ class Translator:
             _pop_nested(self._services, (obj.namespace, obj.name), obj.cluster)
         elif isinstance(obj, model.Endpoints):
             _pop_nested(self._endpoints, (obj.namespace, obj.name), obj.cluster)
+        elif isinstance(obj, model.EndpointSlice):
+            _pop_nested(self._slices, (obj.namespace, obj.service), (obj.cluster, obj.name))
         elif isinstance(obj, model.Node):
             self._nodes.pop((obj.cluster, obj.name), None)
         elif isinstance(obj, model.Nexus):
@@ -164,10 +172,19 @@ class Translator:
             self._all_apps_dirty = True
         elif isinstance(obj, model.Endpoints):
             self._dirty_services.add((obj.namespace, obj.name))
+        elif isinstance(obj, model.EndpointSlice):
+            # NOTE: called for the old and the new value, so a slice whose service-name label
+            # changed dirties both services.
+            self._dirty_services.add((obj.namespace, obj.service))
         elif isinstance(obj, model.Node):
             # A node's zone is part of the locality of every endpoint on it.
             self._dirty_services.update(
                 key for key, by_cluster in self._endpoints.items() if obj.cluster in by_cluster
+            )
+            self._dirty_services.update(
+                key
+                for key, by_slice in self._slices.items()
+                if any(k8s == obj.cluster for k8s, _ in by_slice)
             )
         elif isinstance(obj, model.Nexus):
             self._dirty_apps.add(obj.app_name)
@@ -191,6 +208,7 @@ class Translator:
                 list(self._services.get(skey, {}).values()),
                 list(self._endpoints.get(skey, {}).values()),
                 self._nodes,
+                slices=list(self._slices.get(skey, {}).values()),
             )
             self._service_diags[skey] = diags
             if svc is None:

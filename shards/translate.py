@@ -6,9 +6,10 @@ translator with the same result. The shard runner does all the reading and writi
 
 The shape follows the layers of a compiler:
 
-1. ``mesh_service``: the Services and Endpoints of one namespace/name from every cluster
-   become one logical ``MeshService`` (the intermediate model): per port, the ClusterIP in
-   each cluster and the ready endpoints of every cluster, with their locality.
+1. ``mesh_service``: the Services and Endpoints (or EndpointSlices) of one namespace/name
+   from every cluster become one logical ``MeshService`` (the intermediate model): per port,
+   the ClusterIP in each cluster and the ready endpoints of every cluster, with their
+   locality.
 2. Small generators turn a ``MeshService`` port into one resource of each xDS type
    (``cluster``, ``load_assignment``, ``listener``, ``route``).
 3. ``app_services`` resolves an app's Nexus objects into the services it may call, and
@@ -121,12 +122,20 @@ def mesh_service(
     services: Sequence[model.Service],
     endpoints: Sequence[model.Endpoints],
     nodes: Mapping[tuple[model.ClusterName, str], model.Node],
+    *,
+    slices: Sequence[model.EndpointSlice] = (),
 ) -> tuple[MeshService | None, list[Diagnostic]]:
     """Merges one namespace/name's Services and Endpoints from every cluster.
 
-    ``services`` and ``endpoints`` hold the objects of that namespace/name (any order);
-    ``nodes`` maps (cluster, node name) to Nodes, for endpoint localities.
-    Returns None when no cluster has a Service that the mesh can route to.
+    ``services``, ``endpoints`` and ``slices`` (EndpointSlices labelled with that Service)
+    hold the objects of that namespace/name (any order); ``nodes`` maps (cluster, node name)
+    to Nodes, for endpoint localities. Returns None when no cluster has a Service that the
+    mesh can route to.
+
+    NOTE: per cluster, EndpointSlices win: a cluster that has any slice of the Service takes
+    its endpoints from the union of its slices and ignores its Endpoints object (Kubernetes
+    mirrors one into the other, and truncates Endpoints at 1000 addresses); a cluster with
+    no slice takes them from its Endpoints.
     """
     diags: list[Diagnostic] = []
     if not services:
@@ -138,7 +147,14 @@ def mesh_service(
     # sidecar's listeners; they are left to plain passthrough until the mesh models them.
     if not routable:
         return None, diags
-    eps_by_cluster = {e.cluster: e for e in endpoints}
+    eps_by_cluster: dict[model.ClusterName, Sequence[model.Endpoint]] = {
+        e.cluster: e.endpoints for e in endpoints
+    }
+    slices_by_cluster: dict[model.ClusterName, list[model.EndpointSlice]] = {}
+    for sl in slices:
+        slices_by_cluster.setdefault(sl.cluster, []).append(sl)
+    for k8s, own_slices in slices_by_cluster.items():
+        eps_by_cluster[k8s] = _union_of_slices(own_slices)
 
     # Ports are matched across clusters by number; the first cluster (by name) decides the
     # protocol when clusters disagree, and the conflict is reported.
@@ -173,9 +189,7 @@ def mesh_service(
             if own is None:
                 continue
             cluster_ips[svc.cluster] = svc.cluster_ip
-            eps = eps_by_cluster.get(svc.cluster)
-            if eps is not None:
-                lb.extend(_resolve(own, eps, nodes))
+            lb.extend(_resolve(own, svc.cluster, eps_by_cluster.get(svc.cluster, ()), nodes))
         ports.append(
             MeshPort(
                 namespace=ns,
@@ -198,17 +212,48 @@ def mesh_service(
     )
 
 
+def _union_of_slices(slices: Iterable[model.EndpointSlice]) -> tuple[model.Endpoint, ...]:
+    """The endpoints of one cluster's slices of one Service, one per IP.
+
+    An IP in several slices (briefly, while the controller moves it) is merged as the
+    converter merges Endpoints subsets: ready only if ready in every slice, ports united, and
+    node, zone and pod taken from the first slice (by name) that has them.
+    """
+    merged: dict[str, model.Endpoint] = {}
+    for sl in sorted(slices, key=lambda s: s.name):
+        for ep in sl.endpoints:
+            seen = merged.get(ep.ip)
+            if seen is None:
+                merged[ep.ip] = ep
+                continue
+            merged[ep.ip] = model.Endpoint(
+                ip=ep.ip,
+                ready=seen.ready and ep.ready,
+                ports=tuple(sorted(set(seen.ports) | set(ep.ports), key=_port_order)),
+                node=seen.node or ep.node,
+                zone=seen.zone or ep.zone,
+                pod=seen.pod or ep.pod,
+            )
+    return tuple(merged.values())
+
+
+def _port_order(port: model.EndpointPort) -> tuple[str, int, str]:
+    return port.name, port.port, port.protocol
+
+
 def _resolve(
     sport: model.ServicePort,
-    eps: model.Endpoints,
+    k8s: model.ClusterName,
+    endpoints: Iterable[model.Endpoint],
     nodes: Mapping[tuple[model.ClusterName, str], model.Node],
 ) -> Iterable[LbEndpoint]:
     """The ready endpoints of one cluster for one Service port.
 
-    Kubernetes names an Endpoints port after its Service port and gives it the resolved target
-    port number, so a named ``targetPort`` resolves per endpoint by looking up the port name.
+    Kubernetes names an Endpoints (and EndpointSlice) port after its Service port and gives it
+    the resolved target port number, so a named ``targetPort`` resolves per endpoint by looking
+    up the port name.
     """
-    for ep in eps.endpoints:
+    for ep in endpoints:
         if not ep.ready:
             continue
         port = next((p.port for p in ep.ports if p.name == sport.name), None)
@@ -216,9 +261,9 @@ def _resolve(
             port = ep.ports[0].port
         if port is None:
             continue
-        node = nodes.get((eps.cluster, ep.node)) if ep.node else None
+        node = nodes.get((k8s, ep.node)) if ep.node else None
         yield LbEndpoint(
-            cluster=eps.cluster,
+            cluster=k8s,
             region=node.region if node else "",
             zone=ep.zone or (node.zone if node else ""),
             ip=ep.ip,
@@ -477,6 +522,7 @@ def translate(
     """The whole mesh at once: the reference that the incremental runner must agree with."""
     services: dict[tuple[str, str], list[model.Service]] = {}
     endpoints: dict[tuple[str, str], list[model.Endpoints]] = {}
+    slices: dict[tuple[str, str], list[model.EndpointSlice]] = {}
     nodes: dict[tuple[model.ClusterName, str], model.Node] = {}
     nexuses: dict[model.AppName, list[model.Nexus]] = {}
     for obj in objects:
@@ -484,6 +530,8 @@ def translate(
             services.setdefault((obj.namespace, obj.name), []).append(obj)
         elif isinstance(obj, model.Endpoints):
             endpoints.setdefault((obj.namespace, obj.name), []).append(obj)
+        elif isinstance(obj, model.EndpointSlice):
+            slices.setdefault((obj.namespace, obj.service), []).append(obj)
         elif isinstance(obj, model.Node):
             nodes[(obj.cluster, obj.name)] = obj
         elif isinstance(obj, model.Nexus):
@@ -492,7 +540,9 @@ def translate(
     diags: dict[str, list[Diagnostic]] = {"": []}
     resources: dict[tuple[str, str], ServiceResources] = {}
     for key in sorted(services):
-        svc, service_diags = mesh_service(services[key], endpoints.get(key, []), nodes)
+        svc, service_diags = mesh_service(
+            services[key], endpoints.get(key, []), nodes, slices=slices.get(key, [])
+        )
         diags[""].extend(service_diags)
         if svc is not None:
             resources[key] = service_resources(svc, options or Options())

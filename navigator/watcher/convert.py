@@ -18,8 +18,16 @@ Decisions worth knowing:
 - A string ``targetPort`` made only of digits is a number (``"8080"`` → 8080).
 - An address listed both ready and not ready (in different subsets) is not ready: a pod
   that is not ready for one port is not trusted with the others.
-- EndpointSlices are not converted: one Service has several slices, so turning them into one
-  ``model.Endpoints`` needs aggregation across objects, which is not a per-object conversion.
+- An EndpointSlice becomes one ``model.EndpointSlice`` (per object, like every kind here);
+  merging a Service's slices is translation's job. Its Service is the
+  ``kubernetes.io/service-name`` label (missing: malformed). ``conditions.ready`` absent means
+  ready, as Kubernetes says; ``serving`` and ``terminating`` are not read (a terminating
+  endpoint is not ready, so it already receives no new traffic). An endpoint with several
+  addresses gives one model endpoint per address. A slice port without a number ("every
+  port") is left out: the mesh needs a number to connect to.
+- An ``FQDN`` EndpointSlice is a ConversionError, as is any addressType other than IPv4 or
+  IPv6: the mesh routes to pod IPs only, and the error keeps it visible (log, metric) rather
+  than silently dropped. An address of the other IP family than the slice's is malformed.
 """
 
 from __future__ import annotations
@@ -58,9 +66,15 @@ _NAME_PREFIXES: tuple[tuple[str, model.Protocol], ...] = (
     ("grpc", model.Protocol.GRPC),
 )
 
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+"""The label that ties an EndpointSlice to its Service."""
+
+_SLICE_ADDRESS_TYPES = {"IPv4": 4, "IPv6": 6}
+
 _NAMESPACED = {
     model.Kind.SERVICE,
     model.Kind.ENDPOINTS,
+    model.Kind.ENDPOINT_SLICE,
     model.Kind.NEXUS,
     model.Kind.CANARY,
     model.Kind.GATEWAY,
@@ -289,7 +303,7 @@ def endpoints(cluster: model.ClusterName, obj: Mapping[str, Any]) -> model.Endpo
 
 
 class _Address:
-    """One IP while subsets are merged."""
+    """One IP while subsets (or a slice's endpoints) are merged."""
 
     def __init__(self, ip: str) -> None:
         self.ip = ip
@@ -297,18 +311,81 @@ class _Address:
         self.ports: set[model.EndpointPort] = set()
         self.node = ""
         self.pod = ""
+        self.zone = ""
 
-    def add(self, *, ready: bool, ports: list[model.EndpointPort], node: str, pod: str) -> None:
+    def add(
+        self,
+        *,
+        ready: bool,
+        ports: list[model.EndpointPort],
+        node: str,
+        pod: str,
+        zone: str = "",
+    ) -> None:
         self.ready = self.ready and ready
         self.ports.update(ports)
         self.node = self.node or node
         self.pod = self.pod or pod
+        self.zone = self.zone or zone
 
     def build(self) -> model.Endpoint:
         ports = tuple(sorted(self.ports, key=lambda p: (p.name, p.port, p.protocol)))
         return model.Endpoint(
-            ip=self.ip, ready=self.ready, ports=ports, node=self.node, pod=self.pod
+            ip=self.ip, ready=self.ready, ports=ports, node=self.node, zone=self.zone, pod=self.pod
         )
+
+
+def endpoint_slice(cluster: model.ClusterName, obj: Mapping[str, Any]) -> model.EndpointSlice:
+    ident = identity(cluster, model.Kind.ENDPOINT_SLICE, obj)
+    meta = _dict(obj.get("metadata"), "metadata")
+    labels = _dict(meta.get("labels"), "metadata.labels", default={})
+    label_path = f"metadata.labels[{SERVICE_NAME_LABEL}]"
+    if labels.get(SERVICE_NAME_LABEL) is None:
+        raise ConversionError(f"{label_path}: missing; the slice belongs to no Service")
+    service_name = _name(labels[SERVICE_NAME_LABEL], label_path)
+    address_type = _str(obj.get("addressType"), "addressType")
+    family = _SLICE_ADDRESS_TYPES.get(address_type)
+    if family is None:
+        raise ConversionError(f"addressType: {address_type!r} not supported (IPv4, IPv6 only)")
+
+    ports: list[model.EndpointPort] = []
+    for i, raw_port in enumerate(_list(obj.get("ports"), "ports")):
+        path = f"ports[{i}]"
+        raw = _dict(raw_port, path)
+        if raw.get("port") is None:
+            continue  # NOTE: no number means "every port": nothing the mesh can connect to.
+        ports.append(_endpoint_port(raw, path))
+
+    # NOTE: by IP, as for Endpoints: an IP listed twice is ready only if ready every time.
+    merged: dict[str, _Address] = {}
+    for i, raw_ep in enumerate(_list(obj.get("endpoints"), "endpoints")):
+        path = f"endpoints[{i}]"
+        ep = _dict(raw_ep, path)
+        conditions = _dict(ep.get("conditions"), f"{path}.conditions", default={})
+        ready = conditions.get("ready")
+        if ready is not None and not isinstance(ready, bool):
+            raise ConversionError(
+                f"{path}.conditions.ready: expected a boolean, got {_type_name(ready)}"
+            )
+        node = _str(ep.get("nodeName"), f"{path}.nodeName", default="")
+        zone = _str(ep.get("zone"), f"{path}.zone", default="")
+        pod = _pod_name(ep.get("targetRef"), f"{path}.targetRef")
+        for j, raw_ip in enumerate(_list(ep.get("addresses"), f"{path}.addresses")):
+            apath = f"{path}.addresses[{j}]"
+            ip = _ip(_str(raw_ip, apath), apath)
+            if ipaddress.ip_address(ip).version != family:
+                raise ConversionError(f"{apath}: {ip} is not an {address_type} address")
+            entry = merged.setdefault(ip, _Address(ip))
+            entry.add(ready=ready is not False, ports=ports, node=node, pod=pod, zone=zone)
+
+    ordered = sorted(merged.values(), key=lambda a: _ip_sort_key(a.ip))
+    return model.EndpointSlice(
+        cluster=cluster,
+        namespace=ident.namespace,
+        name=ident.name,
+        service=service_name,
+        endpoints=tuple(a.build() for a in ordered),
+    )
 
 
 def _endpoint_port(raw: dict[str, Any], path: str) -> model.EndpointPort:
@@ -424,6 +501,7 @@ def gateway(cluster: model.ClusterName, obj: Mapping[str, Any]) -> model.Gateway
 CONVERTERS: dict[model.Kind, Callable[[model.ClusterName, Mapping[str, Any]], model.Object]] = {
     model.Kind.SERVICE: service,
     model.Kind.ENDPOINTS: endpoints,
+    model.Kind.ENDPOINT_SLICE: endpoint_slice,
     model.Kind.NODE: node,
     model.Kind.NEXUS: nexus,
     model.Kind.CANARY: canary_release,

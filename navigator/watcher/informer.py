@@ -49,6 +49,7 @@ from navigator.watcher import convert, metrics, store
 log = logging.getLogger(__name__)
 
 MESH_GROUP = "navigator.avito.ru"
+DISCOVERY_GROUP = "discovery.k8s.io"
 
 
 class KubeError(Exception):
@@ -95,10 +96,16 @@ class Resource:
         """A custom resource of the mesh: its CRD may not be installed."""
         return self.group == MESH_GROUP
 
+    @property
+    def optional(self) -> bool:
+        """The server may lack it: a mesh CRD, or EndpointSlices (``discovery.k8s.io``)."""
+        return self.custom or self.group == DISCOVERY_GROUP
+
 
 RESOURCES: tuple[Resource, ...] = (
     Resource(model.Kind.SERVICE, "", "v1", "services"),
     Resource(model.Kind.ENDPOINTS, "", "v1", "endpoints"),
+    Resource(model.Kind.ENDPOINT_SLICE, DISCOVERY_GROUP, "v1", "endpointslices"),
     Resource(model.Kind.NODE, "", "v1", "nodes"),
     Resource(model.Kind.CANARY, MESH_GROUP, "v1", "canaryreleases"),
     Resource(model.Kind.NEXUS, MESH_GROUP, "v1", "nexuses"),
@@ -396,12 +403,13 @@ class Informer:
     async def _not_served(self, exc: NotServed) -> None:
         """A 404 on the collection: conservative handling, then a slow retry.
 
-        Only a custom resource whose group/version the server's discovery does not list
+        Only an optional resource (a mesh CRD, or EndpointSlices on a server older than
+        ``discovery.k8s.io/v1``) whose group/version the server's discovery does not list
         counts as "listed, unknown": the store then keeps its keys (they are neither written
-        nor deleted) so the cluster can still be marked synced. A 404 for a core kind, or for a
-        custom resource discovery does list, is an error and blocks the synced marker.
+        nor deleted) so the cluster can still be marked synced. A 404 for a core kind, or for
+        an optional resource discovery does list, is an error and blocks the synced marker.
         """
-        unknown = self.resource.custom and await self._discovery_lacks_resource()
+        unknown = self.resource.optional and await self._discovery_lacks_resource()
         if not self._not_served_logged:
             log.warning(
                 "kind not served by this API server, retrying slowly",

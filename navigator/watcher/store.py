@@ -14,7 +14,7 @@ Invariants:
 - ``_pending`` holds the newest wanted state of each changed object (bytes to put, or
   ``_DELETE``); a failed batch is merged back under newer changes, never over them.
 - Nothing is deleted because of a listing until every kind has been listed once, and a kind
-  whose listing is ``None`` (a custom resource the API server does not know) keeps its keys:
+  whose listing is ``None`` (an optional resource the API server does not serve) keeps its keys:
   absence of evidence is not evidence of absence.
 - The synced marker is written once, after the first reconcile, when nothing is pending.
 """

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Awaitable, Callable
 
 from coordinator import etcd as etcd_mod
 from navigator import keys, model, snapshot
@@ -122,3 +123,98 @@ async def test_incremental_runner_agrees_with_full_translation(etcd: etcd_mod.Et
         assert listing.items[keys.app_snapshot_key(app, cluster)].value == snapshot.encode_app(snap)
     for name, body in full.endpoints.items():
         assert listing.items[keys.eds_key(name)].value == body
+
+
+def _slice(
+    cluster: model.ClusterName, name: str, service: str, *eps: tuple[str, str, str]
+) -> model.EndpointSlice:
+    """``eps`` are (ip, node, zone)."""
+    return model.EndpointSlice(
+        cluster=cluster,
+        namespace="shop",
+        name=name,
+        service=service,
+        endpoints=tuple(
+            model.Endpoint(
+                ip=ip, ready=True, ports=(model.EndpointPort("http", 8080),), node=n, zone=z
+            )
+            for ip, n, z in eps
+        ),
+    )
+
+
+async def _assert_agrees_with_full_translation(
+    etcd: etcd_mod.Etcd, objs: dict[str, model.Object], clusters: list[model.ClusterName]
+) -> None:
+    """Etcd holds exactly what ``translate.translate`` makes of ``objs``, nothing more."""
+    full = translate.translate(objs.values(), clusters)
+    want = {keys.app_snapshot_key(a, c): snapshot.encode_app(s) for (a, c), s in full.apps.items()}
+    want |= {keys.eds_key(name): body for name, body in full.endpoints.items()}
+    listing = await etcd.get_prefix(keys.SNAPSHOTS)
+    assert {k: kv.value for k, kv in listing.items.items()} == want
+
+
+async def test_incremental_runner_agrees_with_full_translation_with_slices(
+    etcd: etcd_mod.Etcd,
+) -> None:
+    cart = dataclasses.replace(_service(EAST, "127.31.0.11"), name="cart")
+    everything = model.Nexus(
+        cluster=EAST,
+        namespace="web",
+        name="web",
+        app_name=model.AppName("web"),
+        services=(model.ServiceRef("shop", ""),),
+    )
+    objs: dict[str, model.Object] = {}
+    clusters = [EAST, WEST]
+
+    async def put(*new: model.Object) -> None:
+        objs.update({keys.state_key(o): o for o in new})
+        await _put(etcd, *new)
+
+    async def step(tr: runner.Translator, change: Awaitable[None]) -> None:
+        """Applies one change (one etcd transaction), waits for its flush, compares."""
+        gen = tr.generation
+        await change
+        await _flushed_until(tr, lambda: tr.generation > gen)
+        await _assert_agrees_with_full_translation(etcd, objs, clusters)
+
+    async def delete(old: model.Object) -> None:
+        del objs[keys.state_key(old)]
+        await etcd.apply(puts={}, deletes=[keys.state_key(old)])
+
+    await put(
+        _service(EAST, "127.31.0.10"),
+        _service(WEST, "127.32.0.10"),
+        cart,
+        everything,
+        _endpoints(EAST, "127.21.0.5"),
+        _endpoints(WEST, "127.22.0.5"),
+    )
+    await etcd.apply(puts={keys.synced_key(EAST): b"{}", keys.synced_key(WEST): b"{}"})
+    async with runner.running(etcd, debounce=0.0) as tr:
+        await asyncio.wait_for(tr.published.wait(), 10)
+        await _assert_agrees_with_full_translation(etcd, objs, clusters)
+
+        # Slices appear in east: they replace east's Endpoints of item; west keeps its own.
+        slice_a = _slice(EAST, "item-a", "item", ("127.21.0.7", "", ""))
+        slice_b = _slice(EAST, "item-b", "item", ("127.21.0.8", "n1", "z1"))
+        await step(tr, put(slice_a))
+        await step(tr, put(slice_b))
+
+        # item-b's label moves it to cart: both services change.
+        await step(tr, put(dataclasses.replace(slice_b, service="cart")))
+
+        # A Node gives cart's slice-only endpoint its region.
+        await step(tr, put(model.Node(cluster=EAST, name="n1", region="r1", zone="z1")))
+
+        # item's last slice in east goes: east falls back to its Endpoints.
+        await step(tr, delete(slice_a))
+        eds = await etcd.get(keys.eds_key("shop/item:8890"))
+        assert eds is not None
+        ips = {
+            lb["endpoint"]["address"]["socket_address"]["address"]
+            for group in snapshot.resource_to_dict(snapshot.ENDPOINT, eds.value)["endpoints"]
+            for lb in group["lb_endpoints"]
+        }
+        assert ips == {"127.21.0.5", "127.22.0.5"}

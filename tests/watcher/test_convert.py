@@ -423,6 +423,212 @@ def test_endpoints(raw: dict[str, Any], expected: tuple[model.Endpoint, ...]) ->
     assert got == model.Endpoints(cluster=C, namespace="ns", name="item", endpoints=expected)
 
 
+def slice_obj(
+    endpoints: list[dict[str, Any]],
+    ports: list[dict[str, Any]] | None = None,
+    address_type: str = "IPv4",
+    service: str | None = "item",
+) -> dict[str, Any]:
+    labels = {"endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}
+    if service is not None:
+        labels[convert.SERVICE_NAME_LABEL] = service
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"namespace": "ns", "name": "item-abc12", "labels": labels},
+        "addressType": address_type,
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}] if ports is None else ports,
+    }
+
+
+HTTP = (EP("http", 8080),)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(slice_obj([]), (), id="empty"),
+        pytest.param(
+            {**slice_obj([]), "endpoints": None, "ports": None}, (), id="null-endpoints-and-ports"
+        ),
+        pytest.param(
+            slice_obj(
+                [
+                    {
+                        "addresses": ["10.1.0.10"],
+                        "conditions": {"ready": True, "serving": True, "terminating": False},
+                        "nodeName": "n2",
+                        "zone": "z2",
+                        "targetRef": {"kind": "Pod", "namespace": "ns", "name": "p2"},
+                    },
+                    {
+                        "addresses": ["10.1.0.9"],
+                        "conditions": {"ready": True},
+                        "nodeName": "n1",
+                        "zone": "z1",
+                        "targetRef": {"kind": "Pod", "name": "p1"},
+                    },
+                    {"addresses": ["10.1.0.11"], "conditions": {"ready": False}},
+                ]
+            ),
+            (
+                model.Endpoint("10.1.0.9", True, HTTP, node="n1", zone="z1", pod="p1"),
+                model.Endpoint("10.1.0.10", True, HTTP, node="n2", zone="z2", pod="p2"),
+                model.Endpoint("10.1.0.11", False, HTTP),
+            ),
+            id="ready-not-ready-zone-node-pod-sorted-numerically",
+        ),
+        pytest.param(
+            slice_obj([{"addresses": ["10.1.0.1"]}, {"addresses": ["10.1.0.2"], "conditions": {}}]),
+            (model.Endpoint("10.1.0.1", True, HTTP), model.Endpoint("10.1.0.2", True, HTTP)),
+            id="ready-absent-is-ready",
+        ),
+        pytest.param(
+            slice_obj(
+                [
+                    {
+                        "addresses": ["10.1.0.1"],
+                        "conditions": {"ready": False, "serving": True, "terminating": True},
+                    }
+                ]
+            ),
+            (model.Endpoint("10.1.0.1", False, HTTP),),
+            id="terminating-but-serving-is-not-ready",
+        ),
+        pytest.param(
+            slice_obj([{"addresses": ["10.1.0.2", "10.1.0.1"], "nodeName": "n1"}]),
+            (
+                model.Endpoint("10.1.0.1", True, HTTP, node="n1"),
+                model.Endpoint("10.1.0.2", True, HTTP, node="n1"),
+            ),
+            id="one-endpoint-per-address",
+        ),
+        pytest.param(
+            slice_obj(
+                [
+                    {"addresses": ["10.1.0.1"], "conditions": {"ready": True}},
+                    {"addresses": ["10.1.0.1"], "conditions": {"ready": False}, "zone": "z1"},
+                ]
+            ),
+            (model.Endpoint("10.1.0.1", False, HTTP, zone="z1"),),
+            id="duplicate-ip-merged-not-ready-wins",
+        ),
+        pytest.param(
+            slice_obj(
+                [{"addresses": ["fd00::0:1"]}, {"addresses": ["fd00::2"]}],
+                address_type="IPv6",
+            ),
+            (model.Endpoint("fd00::1", True, HTTP), model.Endpoint("fd00::2", True, HTTP)),
+            id="ipv6-normalized",
+        ),
+        pytest.param(
+            slice_obj(
+                [{"addresses": ["10.1.0.1"]}],
+                ports=[
+                    {"name": "http", "port": 8080},
+                    {"port": 9090, "protocol": "UDP"},
+                    {"name": "every"},
+                    {"name": "grpc", "port": 9000, "appProtocol": "grpc"},
+                ],
+            ),
+            (
+                model.Endpoint(
+                    "10.1.0.1", True, (EP("", 9090, "UDP"), EP("grpc", 9000), EP("http", 8080))
+                ),
+            ),
+            id="ports-of-the-slice-sorted-portless-left-out",
+        ),
+        pytest.param(
+            slice_obj(
+                [{"addresses": ["10.1.0.1"], "targetRef": {"kind": "Node", "name": "x"}}]
+            ),
+            (model.Endpoint("10.1.0.1", True, HTTP),),
+            id="target-ref-not-a-pod",
+        ),
+    ],
+)
+def test_endpoint_slice(raw: dict[str, Any], expected: tuple[model.Endpoint, ...]) -> None:
+    got = convert.convert(C, model.Kind.ENDPOINT_SLICE, raw)
+    assert got == model.EndpointSlice(
+        cluster=C, namespace="ns", name="item-abc12", service="item", endpoints=expected
+    )
+    assert model.decode(model.Kind.ENDPOINT_SLICE, model.encode(got)) == got
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        pytest.param(
+            slice_obj([], service=None),
+            r"metadata\.labels\[kubernetes\.io/service-name\]: missing",
+            id="no-service-name-label",
+        ),
+        pytest.param(
+            {**slice_obj([]), "metadata": {"namespace": "ns", "name": "s"}},
+            "service-name.*missing",
+            id="no-labels-at-all",
+        ),
+        pytest.param(slice_obj([], service=""), "invalid name ''", id="empty-service-name"),
+        pytest.param(slice_obj([], service="a/b"), "invalid name", id="service-name-with-slash"),
+        pytest.param(
+            slice_obj([{"addresses": ["db.example.com"]}], address_type="FQDN"),
+            "addressType: 'FQDN' not supported",
+            id="fqdn",
+        ),
+        pytest.param(
+            {**slice_obj([]), "addressType": None},
+            "addressType: expected a string, got null",
+            id="no-address-type",
+        ),
+        pytest.param(
+            slice_obj([], ports=[{"name": "http", "port": 0}]),
+            r"ports\[0\]\.port: port 0 out of range",
+            id="port-zero",
+        ),
+        pytest.param(
+            slice_obj([], ports=[{"name": "http", "port": "8080"}]),
+            r"ports\[0\]\.port: expected an integer, got string",
+            id="port-as-string",
+        ),
+        pytest.param(
+            slice_obj([], ports=[{"port": 80, "protocol": "QUIC"}]),
+            "unknown protocol 'QUIC'",
+            id="port-unknown-protocol",
+        ),
+        pytest.param(
+            slice_obj([{"addresses": ["10.0.0.300"]}]),
+            r"endpoints\[0\]\.addresses\[0\]: not an IP address",
+            id="bad-ip",
+        ),
+        pytest.param(
+            slice_obj([{"addresses": ["fd00::1"]}]),
+            "fd00::1 is not an IPv4 address",
+            id="ipv6-in-ipv4-slice",
+        ),
+        pytest.param(
+            slice_obj([{"addresses": ["10.0.0.1"]}], address_type="IPv6"),
+            "10.0.0.1 is not an IPv6 address",
+            id="ipv4-in-ipv6-slice",
+        ),
+        pytest.param(
+            slice_obj([{"addresses": "10.0.0.1"}]),
+            r"endpoints\[0\]\.addresses: expected a list",
+            id="addresses-not-a-list",
+        ),
+        pytest.param(
+            slice_obj([{"addresses": ["10.0.0.1"], "conditions": {"ready": "yes"}}]),
+            r"conditions\.ready: expected a boolean, got string",
+            id="ready-not-a-boolean",
+        ),
+    ],
+)
+def test_malformed_endpoint_slices(raw: dict[str, Any], reason: str) -> None:
+    with pytest.raises(convert.ConversionError, match=reason) as info:
+        convert.convert(C, model.Kind.ENDPOINT_SLICE, raw)
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("labels", "region", "zone"),
     [
@@ -522,6 +728,7 @@ def test_canary_and_gateway() -> None:
             {"metadata": {"namespace": "a", "name": "n"}, "spec": {"appName": "x"}},
             id="nexus",
         ),
+        pytest.param(model.Kind.ENDPOINT_SLICE, slice_obj([]), id="endpoint-slice"),
     ],
 )
 def test_identity_matches_the_state_key_of_the_converted_object(

@@ -54,12 +54,30 @@ def nexus(name: str, spec: dict[str, Any], ns: str = "ns") -> dict[str, Any]:
     }
 
 
+DISCOVERY = "discovery.k8s.io/v1"
+
+
+def endpoint_slice(
+    name: str, service: str | None, endpoints: list[dict[str, Any]], ns: str = "ns"
+) -> dict[str, Any]:
+    labels = {} if service is None else {"kubernetes.io/service-name": service}
+    return {
+        "apiVersion": DISCOVERY,
+        "kind": "EndpointSlice",
+        "metadata": {"namespace": ns, "name": name, "labels": labels},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    }
+
+
 def skey(kind: model.Kind, ns: str, name: str) -> str:
     """The state key of an object, built by the schema module from a stand-in object."""
     probes: dict[model.Kind, model.Object] = {
         model.Kind.SERVICE: model.Service(C, ns, name, model.ServiceType.CLUSTER_IP, "", ()),
         model.Kind.NEXUS: model.Nexus(C, ns, name, model.AppName("x"), ()),
         model.Kind.ENDPOINTS: model.Endpoints(C, ns, name, ()),
+        model.Kind.ENDPOINT_SLICE: model.EndpointSlice(C, ns, name, "x", ()),
     }
     return keys.state_key(probes[kind])
 
@@ -257,17 +275,132 @@ async def _after_failures(caplog: pytest.LogCaptureFixture) -> bool:
     return any("unreachable" in r.getMessage() for r in caplog.records)
 
 
-async def test_an_unknown_custom_resource_keeps_its_keys_and_does_not_block_sync(
-    kube: tuple[kubeapi_server.KubeApiServer, Path], etcd: etcd_mod.Etcd
+async def test_endpoint_slices_converge_and_updates_label_moves_and_deletes_propagate(
+    kube: tuple[kubeapi_server.KubeApiServer, Path],
+    etcd: etcd_mod.Etcd,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    srv, kubeconfig = kube
+    caplog.set_level(logging.INFO, logger="navigator.watcher")
+    pod_a = {"kind": "Pod", "namespace": "ns", "name": "item-1"}
+    srv.store.create(
+        endpoint_slice(
+            "item-a",
+            "item",
+            [
+                {
+                    "addresses": ["10.1.0.5"],
+                    "conditions": {"ready": True},
+                    "nodeName": "n1",
+                    "zone": "z1",
+                    "targetRef": pod_a,
+                }
+            ],
+        )
+    )
+    srv.store.create(endpoint_slice("item-b", "item", [{"addresses": ["10.1.0.6"]}]))
+    srv.store.create(endpoint_slice("orphan", None, [{"addresses": ["10.1.0.7"]}]))
+    http = (model.EndpointPort("http", 8080),)
+
+    async with runner.run_watcher(
+        cluster="east", kube_config=kubeconfig, etcd=etcd, watch_timeout=5, max_backoff=0.2
+    ) as w:
+        await asyncio.wait_for(w.synced.wait(), 10)
+        listing = await etcd.get_prefix(keys.state_prefix(C))
+        assert sorted(listing.items) == sorted(
+            skey(model.Kind.ENDPOINT_SLICE, "ns", n) for n in ("item-a", "item-b")
+        )
+        assert await _decoded(etcd, skey(model.Kind.ENDPOINT_SLICE, "ns", "item-a")) == (
+            model.EndpointSlice(
+                C,
+                "ns",
+                "item-a",
+                "item",
+                (model.Endpoint("10.1.0.5", True, http, node="n1", zone="z1", pod="item-1"),),
+            )
+        )
+        bad = [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()]
+        assert bad == [
+            "skipping malformed endpointslices ns/orphan in cluster east: "
+            "metadata.labels[kubernetes.io/service-name]: missing; the slice belongs to no Service"
+        ]
+
+        # An update (an address added, one not ready) and a move to another Service.
+        srv.store.update(
+            endpoint_slice(
+                "item-a",
+                "item",
+                [
+                    {"addresses": ["10.1.0.5"], "conditions": {"ready": False}},
+                    {"addresses": ["10.1.0.8"]},
+                ],
+            )
+        )
+        srv.store.update(endpoint_slice("item-b", "other", [{"addresses": ["10.1.0.6"]}]))
+        want_a = model.EndpointSlice(
+            C,
+            "ns",
+            "item-a",
+            "item",
+            (
+                model.Endpoint("10.1.0.5", False, http),
+                model.Endpoint("10.1.0.8", True, http),
+            ),
+        )
+        want_b = model.EndpointSlice(
+            C, "ns", "item-b", "other", (model.Endpoint("10.1.0.6", True, http),)
+        )
+
+        async def updated() -> bool:
+            a = await _decoded(etcd, skey(model.Kind.ENDPOINT_SLICE, "ns", "item-a"))
+            b = await _decoded(etcd, skey(model.Kind.ENDPOINT_SLICE, "ns", "item-b"))
+            return a == want_a and b == want_b
+
+        await eventually(updated)
+
+        # A deletion propagates; the fixed orphan appears.
+        srv.store.delete(DISCOVERY, "EndpointSlice", "item-a", "ns")
+        srv.store.update(endpoint_slice("orphan", "item", [{"addresses": ["10.1.0.7"]}]))
+
+        async def deleted() -> bool:
+            gone = await etcd.get(skey(model.Kind.ENDPOINT_SLICE, "ns", "item-a")) is None
+            orphan = await etcd.get(skey(model.Kind.ENDPOINT_SLICE, "ns", "orphan"))
+            return gone and orphan is not None
+
+        await eventually(deleted)
+    assert not _tasks()
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        # Versions this server does not serve: as if the CRD were not installed, or the
+        # server predated discovery.k8s.io/v1 (Kubernetes < 1.21).
+        pytest.param(
+            informer.Resource(model.Kind.GATEWAY, informer.MESH_GROUP, "v1alpha9", "gateways"),
+            id="crd",
+        ),
+        pytest.param(
+            informer.Resource(
+                model.Kind.ENDPOINT_SLICE, informer.DISCOVERY_GROUP, "v1beta9", "endpointslices"
+            ),
+            id="endpoint-slices",
+        ),
+    ],
+)
+async def test_an_unserved_optional_resource_keeps_its_keys_and_does_not_block_sync(
+    kube: tuple[kubeapi_server.KubeApiServer, Path],
+    etcd: etcd_mod.Etcd,
+    resource: informer.Resource,
 ) -> None:
     _, kubeconfig = kube
-    kept = keys.state_key(model.Gateway(C, "ns", "gw", "public", 80))
+    assert resource.optional
+    kept = {
+        model.Kind.GATEWAY: keys.state_key(model.Gateway(C, "ns", "gw", "public", 80)),
+        model.Kind.ENDPOINT_SLICE: skey(model.Kind.ENDPOINT_SLICE, "ns", "s"),
+    }[resource.kind]
     await etcd.put(kept, b"{}")
-    resources = (
-        informer.Resource(model.Kind.SERVICE, "", "v1", "services"),
-        # A version this server does not serve, as if the CRD were not installed.
-        informer.Resource(model.Kind.GATEWAY, informer.MESH_GROUP, "v1alpha9", "gateways"),
-    )
+    resources = (informer.Resource(model.Kind.SERVICE, "", "v1", "services"), resource)
     async with runner.run_watcher(
         cluster="east", kube_config=kubeconfig, etcd=etcd, resources=resources, max_backoff=0.2
     ) as w:
@@ -275,6 +408,14 @@ async def test_an_unknown_custom_resource_keeps_its_keys_and_does_not_block_sync
         assert _tasks()
         assert await etcd.get(kept) is not None
     assert not _tasks()
+
+
+def test_endpoint_slices_are_watched_and_optional() -> None:
+    by_kind = {r.kind: r for r in informer.RESOURCES}
+    slices = by_kind[model.Kind.ENDPOINT_SLICE]
+    assert slices.path == "/apis/discovery.k8s.io/v1/endpointslices"
+    assert slices.optional
+    assert not by_kind[model.Kind.ENDPOINTS].optional
 
 
 @pytest.mark.parametrize(
