@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -79,6 +80,8 @@ class Translator:
 
     def _clear_state(self) -> None:
         self._objects: dict[str, model.Object] = {}
+        self._per_cluster: collections.Counter[model.ClusterName] = collections.Counter()
+        """Number of objects per Kubernetes cluster: the clusters that have state."""
         self._synced: set[model.ClusterName] = set()
         self._services: dict[ServiceKey, dict[model.ClusterName, model.Service]] = {}
         self._endpoints: dict[ServiceKey, dict[model.ClusterName, model.Endpoints]] = {}
@@ -95,6 +98,12 @@ class Translator:
         self._dirty_services: set[ServiceKey] = set()
         self._dirty_apps: set[model.AppName] = set()
         self._all_apps_dirty = True
+        self._dirty_namespaces: set[str] = set()
+        self._app_namespaces: dict[str, set[model.AppName]] = {}
+        """Apps whose Nexus entries name a namespace: they re-resolve when it changes."""
+        self._eds_names: dict[ServiceKey, set[str]] = {}
+        self._published_clusters: set[model.ClusterName] = set()
+        self._mesh_diags_dirty = True
 
     # --- input ---------------------------------------------------------------------
 
@@ -140,7 +149,10 @@ class Translator:
 
     def _index(self, obj: model.Object) -> None:
         self._touch(obj)
+        self._per_cluster[obj.cluster] += 1
         if isinstance(obj, model.Service):
+            if (obj.namespace, obj.name) not in self._services:
+                self._dirty_namespaces.add(obj.namespace)
             self._services.setdefault((obj.namespace, obj.name), {})[obj.cluster] = obj
         elif isinstance(obj, model.Endpoints):
             self._endpoints.setdefault((obj.namespace, obj.name), {})[obj.cluster] = obj
@@ -153,8 +165,13 @@ class Translator:
 
     def _unindex(self, obj: model.Object) -> None:
         self._touch(obj)
+        self._per_cluster[obj.cluster] -= 1
+        if not self._per_cluster[obj.cluster]:
+            del self._per_cluster[obj.cluster]
         if isinstance(obj, model.Service):
             _pop_nested(self._services, (obj.namespace, obj.name), obj.cluster)
+            if (obj.namespace, obj.name) not in self._services:
+                self._dirty_namespaces.add(obj.namespace)
         elif isinstance(obj, model.Endpoints):
             _pop_nested(self._endpoints, (obj.namespace, obj.name), obj.cluster)
         elif isinstance(obj, model.EndpointSlice):
@@ -166,10 +183,9 @@ class Translator:
 
     def _touch(self, obj: model.Object) -> None:
         if isinstance(obj, model.Service):
+            # NOTE: a namespace/name appearing or going (see _index/_unindex) also changes
+            # what namespace-wide or missing Nexus entries resolve to: _dirty_namespaces.
             self._dirty_services.add((obj.namespace, obj.name))
-            # NOTE: a Service appearing or going changes what namespace-wide or previously
-            # missing Nexus entries resolve to, so every app's service list is re-resolved.
-            self._all_apps_dirty = True
         elif isinstance(obj, model.Endpoints):
             self._dirty_services.add((obj.namespace, obj.name))
         elif isinstance(obj, model.EndpointSlice):
@@ -192,109 +208,159 @@ class Translator:
     # --- output --------------------------------------------------------------------
 
     def clusters(self) -> set[model.ClusterName]:
-        with_state = {keys.parse_state_key(k).cluster for k in self._objects}
-        return with_state | self._synced
+        return set(self._per_cluster) | self._synced
 
     def all_synced(self) -> bool:
         clusters = self.clusters()
         return bool(clusters) and clusters <= self._synced
 
     def compute(self) -> tuple[dict[str, bytes], set[str]]:
-        """Recomputes what is dirty; returns the keys to put and to delete."""
+        """Recomputes what is dirty; returns the keys to put and to delete.
+
+        NOTE: work is proportional to what changed: only dirty services are translated, an
+        app is rebuilt only when a service it sees changed what apps hold (clusters,
+        listeners, routes: not endpoints, which live in shared keys), and only the keys of
+        those services and apps are compared with what etcd holds.
+        """
         puts: dict[str, bytes] = {}
+        deletes: set[str] = set()
         dirty_apps = set(self._dirty_apps)
+        self._dirty_apps.clear()
+
         for skey in sorted(self._dirty_services):
+            old = self._resources.get(skey)
             svc, diags = translate.mesh_service(
                 list(self._services.get(skey, {}).values()),
                 list(self._endpoints.get(skey, {}).values()),
                 self._nodes,
                 slices=list(self._slices.get(skey, {}).values()),
             )
-            self._service_diags[skey] = diags
-            if svc is None:
+            if diags != self._service_diags.get(skey, []):
+                self._mesh_diags_dirty = True
+            if diags:
+                self._service_diags[skey] = diags
+            else:
+                self._service_diags.pop(skey, None)
+            new = translate.service_resources(svc, self.options) if svc is not None else None
+            if new is None:
                 self._resources.pop(skey, None)
             else:
-                self._resources[skey] = translate.service_resources(svc, self.options)
-            dirty_apps |= self._service_apps.get(skey, set())
+                self._resources[skey] = new
+            names = set(new.endpoints) if new is not None else set()
+            for name in self._eds_names.get(skey, set()) - names:
+                deletes.add(keys.eds_key(name))
+            for name in names:
+                key = keys.eds_key(name)
+                body = new.endpoints[name]  # type: ignore[union-attr]
+                if self._written.get(key) != body:
+                    puts[key] = body
+            if names:
+                self._eds_names[skey] = names
+            else:
+                self._eds_names.pop(skey, None)
+            if _app_facing(old) != _app_facing(new):
+                dirty_apps |= self._service_apps.get(skey, set())
         self._dirty_services.clear()
-        self._dirty_apps.clear()
 
+        clusters = self.clusters()
+        if clusters != self._published_clusters:
+            self._all_apps_dirty = True
         if self._all_apps_dirty:
             dirty_apps |= set(self._nexuses) | set(self._app_wanted)
-            self._all_apps_dirty = False
+        for ns in self._dirty_namespaces:
+            dirty_apps |= self._app_namespaces.get(ns, set())
+        self._dirty_namespaces.clear()
+
         by_ns: dict[str, list[str]] = {}
-        for ns, name in self._services:
-            by_ns.setdefault(ns, []).append(name)
+        if dirty_apps:
+            for ns, name in self._services:
+                by_ns.setdefault(ns, []).append(name)
         for app in sorted(dirty_apps):
-            for skey in self._app_wanted.pop(app, []):
-                self._service_apps.get(skey, set()).discard(app)
-            self._app_diags.pop(app, None)
+            self._forget_app(app)
             if app not in self._nexuses:
+                deletes |= {keys.app_snapshot_key(app, k8s) for k8s in self._published_clusters}
+                deletes.add(keys.diagnostics_key(app))
                 continue
-            wanted, diags = translate.app_services(self._nexuses[app].values(), by_ns)
+            nexuses = self._nexuses[app].values()
+            wanted, diags = translate.app_services(nexuses, by_ns)
             self._app_wanted[app] = wanted
             self._app_diags[app] = diags
             for skey in wanted:
                 self._service_apps.setdefault(skey, set()).add(app)
-
-        # Desired keys: every shared endpoint assignment, and the dirty apps' snapshots.
-        desired_eds = {
-            keys.eds_key(name): body
-            for res in self._resources.values()
-            for name, body in res.endpoints.items()
-        }
-        for key, body in desired_eds.items():
-            if self._written.get(key) != body:
-                puts[key] = body
-        clusters = sorted(self.clusters())
-        desired_apps: set[str] = set()
-        for app in self._app_wanted:
-            for k8s in clusters:
-                desired_apps.add(keys.app_snapshot_key(app, k8s))
-        for app in sorted(dirty_apps & set(self._app_wanted)):
-            visible = [self._resources[k] for k in self._app_wanted[app] if k in self._resources]
-            for k8s in clusters:
+            for ns in {ref.namespace or n.namespace for n in nexuses for ref in n.services}:
+                self._app_namespaces.setdefault(ns, set()).add(app)
+            visible = [self._resources[k] for k in wanted if k in self._resources]
+            for k8s in sorted(clusters):
                 body = snapshot.encode_app(translate.app_snapshot(app, k8s, visible))
                 key = keys.app_snapshot_key(app, k8s)
                 if self._written.get(key) != body:
                     puts[key] = body
-        diag_puts, diag_keys = self._diagnostics()
-        for key, body in diag_puts.items():
-            if self._written.get(key) != body:
-                puts[key] = body
+            for k8s in self._published_clusters - clusters:
+                deletes.add(keys.app_snapshot_key(app, k8s))
+            self._diagnostics_of(keys.diagnostics_key(app), diags, puts, deletes)
 
-        deletes = {
-            key
-            for key in self._written
-            if (key.startswith(keys.EDS_SNAPSHOTS) and key not in desired_eds)
-            or (key.startswith(keys.APP_SNAPSHOTS) and key not in desired_apps)
-            or (key.startswith(keys.DIAGNOSTICS) and key not in diag_keys)
-        }
+        if self._all_apps_dirty:
+            # NOTE: after a restart or a change of clusters, drop what no app or service owns.
+            live_apps = {keys.app_snapshot_key(a, k) for a in self._app_wanted for k in clusters}
+            live_eds = {keys.eds_key(n) for names in self._eds_names.values() for n in names}
+            live_diags = {keys.diagnostics_key(a) for a in self._app_diags} | {
+                keys.MESH_DIAGNOSTICS
+            }
+            deletes |= {
+                key
+                for key in self._written
+                if (key.startswith(keys.APP_SNAPSHOTS) and key not in live_apps)
+                or (key.startswith(keys.EDS_SNAPSHOTS) and key not in live_eds)
+                or (key.startswith(keys.DIAGNOSTICS) and key not in live_diags)
+            }
+            self._mesh_diags_dirty = True
+            self._all_apps_dirty = False
+        self._published_clusters = clusters
+
+        if self._mesh_diags_dirty:
+            every = [d for ds in self._service_diags.values() for d in ds]
+            self._diagnostics_of(keys.MESH_DIAGNOSTICS, every, puts, deletes)
+            self._mesh_diags_dirty = False
+            DIAGNOSTICS.clear()
+            for d in every + [d for ds in self._app_diags.values() for d in ds]:
+                DIAGNOSTICS.labels(reason=d.reason).inc()
+        deletes = {k for k in deletes if k in self._written and k not in puts}
         return puts, deletes
 
-    def _diagnostics(self) -> tuple[dict[str, bytes], set[str]]:
-        DIAGNOSTICS.clear()
-        every: dict[str, list[translate.Diagnostic]] = {
-            keys.MESH_DIAGNOSTICS: [d for ds in self._service_diags.values() for d in ds]
-        }
-        for app, diags in self._app_diags.items():
-            every[keys.diagnostics_key(app)] = diags
-        puts: dict[str, bytes] = {}
-        for key, diags in every.items():
-            for d in diags:
-                DIAGNOSTICS.labels(reason=d.reason).inc()
-            if diags:
-                doc = [
-                    {
-                        "object": d.object,
-                        "reason": d.reason,
-                        "message": d.message,
-                        "severity": d.severity.value,
-                    }
-                    for d in sorted(set(diags))
-                ]
-                puts[key] = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-        return puts, set(puts)
+    def _forget_app(self, app: model.AppName) -> None:
+        for skey in self._app_wanted.pop(app, []):
+            self._service_apps.get(skey, set()).discard(app)
+        for apps in self._app_namespaces.values():
+            apps.discard(app)
+        self._app_diags.pop(app, None)
+
+    def _diagnostics_of(
+        self,
+        key: str,
+        diags: Iterable[translate.Diagnostic],
+        puts: dict[str, bytes],
+        deletes: set[str],
+    ) -> None:
+        unique = sorted(set(diags))
+        if not unique:
+            deletes.add(key)
+            return
+        doc = [
+            {"object": d.object, "reason": d.reason, "message": d.message, "severity": d.severity}
+            for d in unique
+        ]
+        body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        if self._written.get(key) != body:
+            puts[key] = body
+
+    def record_written(self, puts: dict[str, bytes], deletes: Iterable[str]) -> None:
+        """Remembers what etcd now holds, after ``puts`` and ``deletes`` landed."""
+        for key, body in puts.items():
+            self._written[key] = body
+            KEYS_WRITTEN.labels(kind=_kind_of_key(key)).inc()
+        for key in deletes:
+            self._written.pop(key, None)
+            KEYS_WRITTEN.labels(kind="delete").inc()
 
     async def flush(self) -> None:
         """Publishes what changed, if every cluster is synced."""
@@ -304,12 +370,7 @@ class Translator:
         puts, deletes = self.compute()
         if puts or deletes:
             await self.etcd.apply(puts=_make_before_break(puts), deletes=sorted(deletes))
-            for key, body in puts.items():
-                self._written[key] = body
-                KEYS_WRITTEN.labels(kind=_kind_of_key(key)).inc()
-            for key in deletes:
-                self._written.pop(key, None)
-                KEYS_WRITTEN.labels(kind="delete").inc()
+            self.record_written(puts, deletes)
             log.info("published", extra={"puts": len(puts), "deletes": len(deletes)})
         TRANSLATIONS.inc()
         FLUSH_SECONDS.observe(time.perf_counter() - started)
@@ -369,6 +430,13 @@ class Translator:
                 self._written.clear()  # NOTE: unknown what landed; compare nothing, rewrite.
                 self._dirty_services.update(self._services)
                 self._changed.set()
+
+
+def _app_facing(res: translate.ServiceResources | None) -> object:
+    """What app snapshots hold of a service (everything but its endpoint assignments)."""
+    if res is None:
+        return None
+    return (res.clusters, res.routes, sorted(res.listeners.items()))
 
 
 def _make_before_break(puts: dict[str, bytes]) -> dict[str, bytes]:

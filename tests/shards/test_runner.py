@@ -6,6 +6,8 @@ import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 
+import pytest
+
 from coordinator import etcd as etcd_mod
 from navigator import keys, model, snapshot
 from shards import runner, translate
@@ -218,3 +220,68 @@ async def test_incremental_runner_agrees_with_full_translation_with_slices(
             for lb in group["lb_endpoints"]
         }
         assert ips == {"127.21.0.5", "127.22.0.5"}
+
+
+@pytest.mark.parametrize("apps", [1, 50], ids=["1-app", "50-apps"])
+async def test_endpoint_change_writes_the_same_keys_whatever_the_number_of_apps(
+    etcd: etcd_mod.Etcd, apps: int
+) -> None:
+    nexuses = [
+        model.Nexus(EAST, "web", f"a{i}", model.AppName(f"a{i}"), (model.ServiceRef("shop", ""),))
+        for i in range(apps)
+    ]
+    await _put(etcd, _service(EAST, "127.31.0.10"), _endpoints(EAST, "127.21.0.5"), *nexuses)
+    await etcd.put(keys.synced_key(EAST), b"{}")
+    async with runner.running(etcd, debounce=0.0) as tr:
+        await asyncio.wait_for(tr.published.wait(), 10)
+        before = await etcd.get_prefix(keys.ROOT)
+        gen = tr.generation
+        await _put(etcd, _endpoints(EAST, "127.21.0.5", "127.21.0.6"))
+        await _flushed_until(tr, lambda: tr.generation > gen)
+        after = await etcd.get_prefix(keys.ROOT)
+    written = {
+        k
+        for k, v in after.items.items()
+        if k not in before.items or v.mod_revision != before.items[k].mod_revision
+    }
+    # The state key the test wrote, and the one shared endpoint assignment.
+    assert written == {
+        keys.state_key(_endpoints(EAST)),
+        keys.eds_key("shop/item:8890"),
+    }
+
+
+async def test_apps_follow_their_nexus_and_namespace(etcd: etcd_mod.Etcd) -> None:
+    whole_ns = model.Nexus(
+        EAST, "web", "all", model.AppName("all"), (model.ServiceRef("shop", ""),)
+    )
+    await _put(etcd, _service(EAST, "127.31.0.10"), whole_ns, NEXUS)
+    await etcd.put(keys.synced_key(EAST), b"{}")
+    app_key = keys.app_snapshot_key(model.AppName("all"), EAST)
+    web_key = keys.app_snapshot_key(model.AppName("web"), EAST)
+
+    def clusters_of(listing: etcd_mod.Listing, key: str) -> list[str]:
+        snap = snapshot.decode_app(listing.items[key].value)
+        return [r.name for r in snap.resources[snapshot.CLUSTER]]
+
+    async with runner.running(etcd, debounce=0.0) as tr:
+        await asyncio.wait_for(tr.published.wait(), 10)
+        listing = await etcd.get_prefix(keys.SNAPSHOTS)
+        assert clusters_of(listing, app_key) == ["shop/item:8890"]
+
+        # A new Service in the namespace reaches the namespace-wide app only.
+        other = dataclasses.replace(_service(EAST, "127.31.0.11"), name="cart")
+        gen = tr.generation
+        await _put(etcd, other)
+        await _flushed_until(tr, lambda: tr.generation > gen)
+        listing = await etcd.get_prefix(keys.SNAPSHOTS)
+        assert clusters_of(listing, app_key) == ["shop/cart:8890", "shop/item:8890"]
+        assert clusters_of(listing, web_key) == ["shop/item:8890"]
+
+        # Deleting an app's only Nexus removes its snapshots.
+        gen = tr.generation
+        await etcd.delete(keys.state_key(whole_ns))
+        await _flushed_until(tr, lambda: tr.generation > gen)
+        listing = await etcd.get_prefix(keys.SNAPSHOTS)
+        assert app_key not in listing.items
+        assert web_key in listing.items
