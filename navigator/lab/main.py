@@ -2,18 +2,23 @@
 
 It starts a real etcd, one local Kubernetes API server per cluster (loaded with the Kubernetes
 objects of ``examples/<cluster>/``), the pods' applications bound to their pod IPs, a watcher
-per cluster, the translator, the xDS front-end and one real Envoy sidecar per app of
+per cluster, the translator, the xDS front-end and one real Envoy sidecar per entry of
 ``examples/lab.yaml``. Once everything is ready it writes ``lab.json`` in its state directory
 (the lab's contract with tests, tools and chaos scenarios) and prints what to try. SIGTERM or
 Ctrl-C stops every process it started, by PID; a child also dies with the lab if the lab is
 killed (see ``procs.start``).
 
-Network: every address is on the loopback range 127.0.0.0/8, each cluster with its own pod and
-ClusterIP ranges, so the lab needs no root. A sidecar's Envoy binds the ClusterIP:port
-listeners of its own cluster directly, so a client on this host reaches a service by its
-unchanged ClusterIP:port. Two sidecars of one cluster would need the same addresses: the lab
-refuses such a topology (one sidecar per cluster) until pods get network namespaces of their
-own.
+Two networks (``--network``):
+
+- ``netns`` (default where it works: root and iproute2): every pod is a network namespace
+  plugged into its cluster's bridge, with the addresses of ``lab.yaml`` (``navigator.lab.
+  netns``). A sidecar's pod makes its cluster's ClusterIP range local, so its Envoy binds
+  ClusterIP:port listeners and a client in the pod (``lab.json``'s ``exec`` prefix) reaches
+  services by their unchanged ClusterIPs; several sidecars of one cluster coexist. Sidecars
+  reach the front-end at their node address (``HOST_IP``), as through the downward API.
+- ``host`` (no root needed): everything on the loopback range. The manifests' pod and
+  ClusterIP addresses are moved to each cluster's ``host_*`` ranges (same host part), Envoys
+  bind ClusterIP listeners on the host itself, so only the first sidecar of each cluster runs.
 """
 
 from __future__ import annotations
@@ -39,13 +44,19 @@ import prometheus_client
 import yaml
 
 from navigator import bootstrap, runtime
-from navigator.lab import procs
+from navigator.lab import netns, procs
 
 log = logging.getLogger(__name__)
 
 REPO_EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 PROCESSES = prometheus_client.Gauge("navigator_lab_processes", "Processes started", ["role"])
+
+ENVOY_FLAGS = ("--concurrency", "1", "--disable-hot-restart", "-l", "warning")
+"""Many sidecars on two cores: one worker each, no shared-memory hot restart."""
+
+ENVOY_ADMIN_PORT = 19000
+"""A sidecar's admin port in its own pod (host mode picks a free port instead)."""
 
 
 class LabError(RuntimeError):
@@ -57,8 +68,12 @@ class ClusterSpec:
     name: str
     region: str
     zone: str
+    node_ip: str
     pod_cidr: str
     service_cidr: str
+    host_pod_cidr: str
+    """Where ``pod_cidr``'s addresses move in host mode (on the loopback range)."""
+    host_service_cidr: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,17 +108,42 @@ def load_topology(examples: Path) -> Topology:
                 raise LabError(f"cannot parse {file}: {exc}") from exc
         manifests[c.name] = docs
     names = {c.name for c in clusters}
-    per_cluster: dict[str, int] = {}
     for s in sidecars:
         if s.cluster not in names:
             raise LabError(f"sidecar {s.app} is in unknown cluster {s.cluster}")
-        per_cluster[s.cluster] = per_cluster.get(s.cluster, 0) + 1
-        if per_cluster[s.cluster] > 1:
-            raise LabError(
-                f"two sidecars in cluster {s.cluster}: on the host network they would bind the "
-                "same ClusterIP:port listeners; run one sidecar per cluster"
-            )
     return Topology(clusters=clusters, sidecars=sidecars, manifests=manifests)
+
+
+class AddressMap:
+    """Moves addresses from the netns ranges to the host ranges, keeping the host part."""
+
+    def __init__(self, clusters: Sequence[ClusterSpec]) -> None:
+        self._pairs: list[tuple[ipaddress.IPv4Network, ipaddress.IPv4Network]] = []
+        for c in clusters:
+            for src, dst in ((c.pod_cidr, c.host_pod_cidr), (c.service_cidr, c.host_service_cidr)):
+                a, b = ipaddress.IPv4Network(src), ipaddress.IPv4Network(dst)
+                if a.prefixlen != b.prefixlen:
+                    raise LabError(f"{src} and {dst} must have the same size")
+                self._pairs.append((a, b))
+
+    def ip(self, value: str) -> str:
+        try:
+            addr = ipaddress.IPv4Address(value)
+        except ValueError:
+            return value
+        for src, dst in self._pairs:
+            if addr in src:
+                return str(dst.network_address + (int(addr) - int(src.network_address)))
+        return value
+
+    def doc(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: self.doc(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.doc(v) for v in value]
+        if isinstance(value, str):
+            return self.ip(value)
+        return value
 
 
 def _in(ip: str, cidr: str) -> bool:
@@ -126,21 +166,62 @@ class Proc:
         return out | self.extra
 
 
-class Lab:
-    """Starts, describes and stops the lab's processes."""
+def choose_network(wanted: str) -> tuple[str, str]:
+    """(mode, why) for ``--network auto|netns|host``."""
+    if wanted == "host":
+        return "host", "asked for"
+    ok, why = netns.available()
+    if ok:
+        return "netns", "root and iproute2 are here"
+    if wanted == "netns":
+        raise LabError(f"network namespaces are not available: {why}")
+    return "host", f"network namespaces are not available ({why})"
 
-    def __init__(self, *, state_dir: Path, examples: Path) -> None:
+
+class Lab:
+    """Starts, describes and stops the lab's processes (and its pods' network)."""
+
+    def __init__(self, *, state_dir: Path, examples: Path, network: str = "auto") -> None:
         self.state_dir = state_dir.resolve()
         self.examples = examples.resolve()
         self.logs = self.state_dir / "logs"
         self.procs: list[Proc] = []
         self.topology = load_topology(self.examples)
+        self.mode, why = choose_network(network)
+        log.info("lab network", extra={"mode": self.mode, "why": why})
+        self.manifests = self.topology.manifests
+        self.sidecar_specs = list(self.topology.sidecars)
+        if self.mode == "host":
+            amap = AddressMap(self.topology.clusters)
+            self.manifests = {c: amap.doc(docs) for c, docs in self.manifests.items()}
+            seen: set[str] = set()
+            self.sidecar_specs = []
+            for s in self.topology.sidecars:
+                if s.cluster in seen:
+                    log.warning(
+                        "host network: skipping a second sidecar of a cluster (it would bind "
+                        "the same ClusterIP:port listeners); use --network netns",
+                        extra={"app": s.app, "cluster": s.cluster},
+                    )
+                    continue
+                seen.add(s.cluster)
+                self.sidecar_specs.append(s)
+        self.net: netns.Network | None = None
         self.etcd_url = ""
         self.kubeconfig = self.state_dir / "kubeconfig"
         self.sidecars: list[dict[str, Any]] = []
-        self.xds_address = ""
+        self.xds_addresses: list[str] = []
         self.http = ""
         """The lab's own /healthz, /readyz and /metrics address."""
+
+    def pod_cidr(self, c: ClusterSpec) -> str:
+        return c.pod_cidr if self.mode == "netns" else c.host_pod_cidr
+
+    def service_cidr(self, c: ClusterSpec) -> str:
+        return c.service_cidr if self.mode == "netns" else c.host_service_cidr
+
+    def node_ip(self, c: ClusterSpec) -> str:
+        return c.node_ip if self.mode == "netns" else "127.0.0.1"
 
     def _python(self, *args: str) -> list[str]:
         return [sys.executable, "-m", *args]
@@ -153,30 +234,67 @@ class Lab:
         log.info("started", extra={"role": role, "proc": name, "pid": popen.pid})
         return proc
 
+    def _setup_network(self) -> None:
+        record = self.state_dir / "network.json"
+        if record.exists():
+            # NOTE: only what this state directory's previous (crashed) lab made is swept;
+            # another lab's network is never touched.
+            with contextlib.suppress(ValueError, KeyError, netns.NetnsError):
+                netns.sweep_prefix(json.loads(record.read_text())["prefix"])
+            record.unlink()
+        if self.mode != "netns":
+            return
+        self.net = netns.Network(
+            netns.new_prefix(),
+            [
+                netns.ClusterNet(c.name, c.pod_cidr, c.service_cidr, c.node_ip)
+                for c in self.topology.clusters
+            ],
+        )
+        record.write_text(json.dumps({"prefix": self.net.prefix}))
+        try:
+            self.net.setup()
+        except netns.NetnsError as exc:
+            raise LabError(str(exc)) from exc
+
     async def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "lab.json").unlink(missing_ok=True)
         host = "127.0.0.1"
+        self._setup_network()
 
         etcd_dir = self.state_dir / "etcd"
         if etcd_dir.exists():
             shutil.rmtree(etcd_dir)
-        # NOTE: started from the loop's own thread: a child dies with the thread that forked
-        # it (PR_SET_PDEATHSIG), so never start servers from a worker thread.
+        # NOTE: started from the loop's own thread: a child dies with the thread that
+        # started it (PR_SET_PDEATHSIG), so never start servers from a worker thread.
         etcd_proc, self.etcd_url = procs.start_etcd(etcd_dir, log_file=self.logs / "etcd.log")
         self.procs.append(Proc(role="etcd", name="etcd", popen=etcd_proc))
 
+        manifests_dir = self.state_dir / "manifests"
+        manifests_dir.mkdir(exist_ok=True)
         api_urls: dict[str, str] = {}
         for c in self.topology.clusters:
             port = procs.free_port()
             api_urls[c.name] = f"http://{host}:{port}"
+            manifest = manifests_dir / f"{c.name}.yaml"
+            manifest.write_text(yaml.safe_dump_all(self.manifests[c.name], sort_keys=False))
             self._spawn(
                 "kube-api",
                 f"kube-api-{c.name}",
                 self._python(
-                    "navigator", "kube-api", "--host", host, "--port", str(port),
-                    "--name", c.name, "--load", str(self.examples / c.name),
-                    "--service-cidr", c.service_cidr,
+                    "navigator",
+                    "kube-api",
+                    "--host",
+                    host,
+                    "--port",
+                    str(port),
+                    "--name",
+                    c.name,
+                    "--load",
+                    str(manifest),
+                    "--service-cidr",
+                    self.service_cidr(c),
                 ),
                 cluster=c.name,
                 ready_url=f"http://{host}:{port}/readyz",
@@ -194,9 +312,18 @@ class Lab:
                 "watcher",
                 f"watcher-{c.name}",
                 self._python(
-                    "navigator", "watcher", "--cluster", c.name, "--kubeconfig",
-                    str(self.kubeconfig), "--context", c.name, "--etcd", self.etcd_url,
-                    "--http", http,
+                    "navigator",
+                    "watcher",
+                    "--cluster",
+                    c.name,
+                    "--kubeconfig",
+                    str(self.kubeconfig),
+                    "--context",
+                    c.name,
+                    "--etcd",
+                    self.etcd_url,
+                    "--http",
+                    http,
                 ),
                 cluster=c.name,
                 ready_url=f"http://{http}/readyz",
@@ -211,20 +338,29 @@ class Lab:
             extra={"http": http},
         )
         xds_port = procs.free_port()
-        self.xds_address = f"{host}:{xds_port}"
+        hosts = [host] + (
+            [c.node_ip for c in self.topology.clusters] if self.mode == "netns" else []
+        )
+        self.xds_addresses = [f"{h}:{xds_port}" for h in hosts]
         http = f"{host}:{procs.free_port()}"
         self._spawn(
             "xds",
             "xds-0",
             self._python(
-                "navigator", "xds", "--listen", self.xds_address, "--etcd", self.etcd_url,
-                "--http", http,
+                "navigator",
+                "xds",
+                "--listen",
+                ",".join(self.xds_addresses),
+                "--etcd",
+                self.etcd_url,
+                "--http",
+                http,
             ),
             ready_url=f"http://{http}/readyz",
-            extra={"address": self.xds_address, "http": http},
+            extra={"address": self.xds_addresses[0], "addresses": self.xds_addresses, "http": http},
         )
         await self._wait_ready([p for p in self.procs if p.ready_url])
-        self._start_sidecars(host, xds_port)
+        self._start_sidecars(xds_port)
         await self._wait_sidecars()
         self._write_lab_json(api_urls)
 
@@ -232,14 +368,14 @@ class Lab:
         """One process per pod address of the example Endpoints, bound to the pod IP."""
         for c in self.topology.clusters:
             protocols: dict[tuple[str, str], dict[str, str]] = {}
-            for doc in self.topology.manifests[c.name]:
+            for doc in self.manifests[c.name]:
                 if doc.get("kind") == "Service":
                     meta = doc["metadata"]
                     protocols[(meta.get("namespace", "default"), meta["name"])] = {
                         p.get("name", ""): _port_kind(p) for p in doc["spec"].get("ports", [])
                     }
             pods: dict[str, dict[str, Any]] = {}
-            for doc in self.topology.manifests[c.name]:
+            for doc in self.manifests[c.name]:
                 if doc.get("kind") != "Endpoints":
                     continue
                 meta = doc["metadata"]
@@ -247,44 +383,60 @@ class Lab:
                 for subset in doc.get("subsets", []):
                     for addr in subset.get("addresses", []) + subset.get("notReadyAddresses", []):
                         ip = addr["ip"]
-                        if not _in(ip, c.pod_cidr):
-                            raise LabError(f"pod IP {ip} is outside {c.name}'s {c.pod_cidr}")
-                        name = addr.get("targetRef", {}).get("name") or f"pod-{ip}"
+                        if not _in(ip, self.pod_cidr(c)):
+                            raise LabError(f"pod IP {ip} is outside {c.name}'s {self.pod_cidr(c)}")
+                        name = addr.get("targetRef", {}).get("name") or "pod-" + ip.replace(
+                            ".", "-"
+                        )
                         pod = pods.setdefault(ip, {"name": name, "http": set(), "tcp": set()})
                         for port in subset.get("ports", []):
                             kind = kinds.get(port.get("name", ""), "tcp")
                             pod[kind].add(int(port["port"]))
             for ip, pod in sorted(pods.items()):
                 args = [
-                    "navigator.lab.backend", "--pod", pod["name"], "--cluster", c.name,
-                    "--ip", ip,
+                    "navigator.lab.backend",
+                    "--pod",
+                    pod["name"],
+                    "--cluster",
+                    c.name,
+                    "--ip",
+                    ip,
                 ]
                 args += [a for p in sorted(pod["http"]) for a in ("--http", str(p))]
                 args += [a for p in sorted(pod["tcp"]) for a in ("--tcp", str(p))]
+                prefix: list[str] = []
+                if self.net is not None:
+                    prefix = self.net.add_pod(c.name, pod["name"], ip).exec_prefix
                 self._spawn(
                     "backend",
                     f"backend-{c.name}-{pod['name']}",
-                    self._python(*args),
+                    prefix + self._python(*args),
                     cluster=c.name,
-                    extra={"pod": pod["name"], "ip": ip},
+                    extra={"pod": pod["name"], "ip": ip, "exec": prefix},
                 )
 
-    def _start_sidecars(self, xds_host: str, xds_port: int) -> None:
+    def _start_sidecars(self, xds_port: int) -> None:
         envoy = str(procs.envoy_binary())
         clusters = {c.name: c for c in self.topology.clusters}
-        for i, s in enumerate(self.topology.sidecars):
+        for i, s in enumerate(self.sidecar_specs):
             c = clusters[s.cluster]
-            admin_port = procs.free_port()
             node_id = f"{s.cluster}-{s.app}-{i}"
+            prefix: list[str] = []
+            admin_address, admin_port, pod_ip = "127.0.0.1", procs.free_port(), ""
+            if self.net is not None:
+                pod = self.net.add_pod(c.name, f"{s.app}-{i}")
+                pod.intercept()
+                prefix = pod.exec_prefix
+                admin_address, admin_port, pod_ip = pod.ip, ENVOY_ADMIN_PORT, pod.ip
             config = bootstrap.render(
                 node_id=node_id,
                 app=s.app,
                 cluster=s.cluster,
                 region=c.region,
                 zone=c.zone,
-                xds_host=xds_host,
+                xds_host=self.node_ip(c),
                 xds_port=xds_port,
-                admin_address="127.0.0.1",
+                admin_address=admin_address,
                 admin_port=admin_port,
             )
             path = self.state_dir / f"envoy-{node_id}.json"
@@ -292,10 +444,7 @@ class Lab:
             self._spawn(
                 "envoy",
                 f"envoy-{node_id}",
-                [
-                    envoy, "-c", str(path), "--concurrency", "1", "--disable-hot-restart",
-                    "-l", "warning", "--service-node", node_id,
-                ],
+                [*prefix, envoy, "-c", str(path), *ENVOY_FLAGS],
                 cluster=s.cluster,
                 extra={"app": s.app, "node_id": node_id},
             )
@@ -306,8 +455,10 @@ class Lab:
                     "zone": c.zone,
                     "region": c.region,
                     "node_id": node_id,
-                    "admin": f"http://127.0.0.1:{admin_port}",
-                    "exec": [],
+                    "admin": f"http://{admin_address}:{admin_port}",
+                    "exec": prefix,
+                    "pod_ip": pod_ip,
+                    "host_ip": self.node_ip(c),
                 }
             )
 
@@ -357,7 +508,7 @@ class Lab:
     def _write_lab_json(self, api_urls: dict[str, str]) -> None:
         services: dict[tuple[str, str], dict[str, Any]] = {}
         for c in self.topology.clusters:
-            for doc in self.topology.manifests[c.name]:
+            for doc in self.manifests[c.name]:
                 if doc.get("kind") != "Service":
                     continue
                 meta, spec = doc["metadata"], doc["spec"]
@@ -369,19 +520,36 @@ class Lab:
                 if spec.get("clusterIP") and spec["clusterIP"] != "None":
                     entry["cluster_ips"][c.name] = spec["clusterIP"]
                 for p in spec.get("ports", []):
-                    port = {"name": p.get("name", ""), "port": p["port"], "protocol": _port_kind(p)}
+                    port = {
+                        "name": p.get("name", ""),
+                        "port": p["port"],
+                        "protocol": _port_kind(p),
+                    }
                     if port not in entry["ports"]:
                         entry["ports"].append(port)
         doc = {
             "etcd": [self.etcd_url],
             "kubeconfig": str(self.kubeconfig),
+            "network": {
+                "mode": self.mode,
+                "prefix": self.net.prefix if self.net is not None else "",
+            },
             "clusters": [
-                dataclasses.asdict(c) | {"context": c.name, "api": api_urls[c.name]}
+                {
+                    "name": c.name,
+                    "context": c.name,
+                    "region": c.region,
+                    "zone": c.zone,
+                    "pod_cidr": self.pod_cidr(c),
+                    "service_cidr": self.service_cidr(c),
+                    "node_ip": self.node_ip(c),
+                    "api": api_urls[c.name],
+                }
                 for c in self.topology.clusters
             ],
             "services": [services[k] for k in sorted(services)],
             "sidecars": self.sidecars,
-            "xds": [self.xds_address],
+            "xds": self.xds_addresses,
             "processes": [p.describe() for p in self.procs],
             "logs": str(self.logs),
             "http": self.http,
@@ -399,6 +567,10 @@ class Lab:
         for role in order:
             group = [p for p in self.procs if p.role == role]
             await asyncio.gather(*(asyncio.to_thread(procs.stop, p.popen) for p in group))
+        if self.net is not None:
+            # NOTE: after every process in a pod has stopped, so no socket outlives its pod.
+            self.net.teardown()
+            (self.state_dir / "network.json").unlink(missing_ok=True)
         (self.state_dir / "lab.json").unlink(missing_ok=True)
 
 
@@ -415,40 +587,44 @@ def _port_kind(port: dict[str, Any]) -> str:
 def instructions(lab: Lab) -> str:
     lines = [
         "",
-        "Navigator lab is up. State and logs: " + str(lab.state_dir),
+        f"Navigator lab is up ({lab.mode} network). State and logs: {lab.state_dir}",
         "",
         f"  export NAVIGATOR_ETCD={lab.etcd_url}",
         f"  export KUBECONFIG={lab.kubeconfig}",
         "",
         "Try:",
     ]
-    ips: dict[str, dict[str, Any]] = {}
+    specs: dict[str, list[dict[str, Any]]] = {}
     for c in lab.topology.clusters:
-        for doc in lab.topology.manifests[c.name]:
+        for doc in lab.manifests[c.name]:
             if doc.get("kind") == "Service" and doc["spec"].get("clusterIP"):
-                ips.setdefault(c.name, {})[doc["metadata"]["name"]] = doc["spec"]
+                specs.setdefault(c.name, []).append(doc)
+    shown: set[str] = set()
     for sidecar in lab.sidecars:
-        for name, spec in sorted(ips.get(sidecar["cluster"], {}).items()):
-            for p in spec.get("ports", []):
-                target = f"{spec['clusterIP']}:{p['port']}"
+        if sidecar["cluster"] in shown:
+            continue
+        shown.add(sidecar["cluster"])
+        run = " ".join(sidecar["exec"]) + " " if sidecar["exec"] else ""
+        for doc in specs.get(sidecar["cluster"], []):
+            ip = doc["spec"]["clusterIP"]
+            for p in doc["spec"].get("ports", []):
+                target = f"{ip}:{p['port']}"
+                name = doc["metadata"]["name"]
+                what = f"{name} from the {sidecar['app']} pod in {sidecar['cluster']}"
                 if _port_kind(p) == "http":
-                    lines.append(
-                        f"  curl -s http://{target}/   "
-                        f"# {name} through the {sidecar['app']} sidecar in {sidecar['cluster']}"
-                    )
+                    lines.append(f"  {run}curl -s http://{target}/    # {what}")
                 else:
                     lines.append(
-                        f"  echo hello | curl -s --max-time 1 telnet://{target}   "
-                        f"# {name} (raw TCP) through the {sidecar['app']} sidecar"
+                        f"  echo hello | {run}curl -s --max-time 1 telnet://{target}    # {what}"
                     )
     first = lab.topology.clusters[0].name
     lines += [
         f"  kubectl --context {first} get svc,ep,nexus -A",
         f"  kubectl --context {first} -n shop delete endpoints echo",
-        f"  curl -s {lab.sidecars[0]['admin']}/config_dump | less" if lab.sidecars else "",
-        "",
-        "Ctrl-C stops everything.",
     ]
+    if lab.sidecars:
+        lines.append(f"  curl -s {lab.sidecars[0]['admin']}/config_dump | less")
+    lines += ["", "Ctrl-C stops everything."]
     return "\n".join(lines)
 
 
@@ -468,6 +644,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--examples", type=Path, default=REPO_EXAMPLES, help="topology and manifests"
     )
     parser.add_argument(
+        "--network",
+        choices=["auto", "netns", "host"],
+        default="auto",
+        help="pods in network namespaces (needs root) or all on loopback (default: netns "
+        "where it works)",
+    )
+    parser.add_argument(
         "--http",
         default="127.0.0.1:0",
         help="address of the lab's /healthz, /readyz (all processes up) and /metrics",
@@ -478,7 +661,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     async def amain(stop: asyncio.Event) -> int:
         try:
-            lab = Lab(state_dir=args.state_dir, examples=args.examples)
+            lab = Lab(state_dir=args.state_dir, examples=args.examples, network=args.network)
         except LabError as exc:
             print(f"navigator lab: {exc}", file=sys.stderr)
             return 2

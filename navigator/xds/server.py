@@ -422,13 +422,20 @@ async def serve(
     server = grpc.aio.server(options=SERVER_OPTIONS)
     try:
         server.add_generic_rpc_handlers((ads.generic_handler(),))
-        port = server.add_insecure_port(listen)
+        # NOTE: several addresses (comma-separated) share one server: the lab listens on
+        # every node address, as a front-end on a master listens on the node's own.
+        port = 0
+        for address in [a.strip() for a in listen.split(",") if a.strip()]:
+            bound = server.add_insecure_port(address)
+            if bound == 0:
+                raise OSError(f"cannot listen on {address}")
+            port = port or bound
         if port == 0:
-            raise OSError(f"cannot listen on {listen}")
+            raise OSError(f"nothing to listen on: {listen!r}")
         await server.start()
         try:
-            host = listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
-            log.info("xds listening", extra={"address": f"{host}:{port}"})
+            host = listen.split(",", maxsplit=1)[0].rpartition(":")[0].strip("[]") or "0.0.0.0"
+            log.info("xds listening", extra={"address": listen, "port": port})
             yield Handle(address=f"{host}:{port}", port=port, cache=source, ads=ads, loader=loader)
         finally:
             await server.stop(grace)
@@ -444,7 +451,9 @@ def _parser() -> argparse.ArgumentParser:
         description="xDS front-end: serves app snapshots from etcd to Envoy sidecars (ADS).",
     )
     parser.add_argument(
-        "--listen", default=DEFAULT_LISTEN, help=f"gRPC address (default {DEFAULT_LISTEN})"
+        "--listen",
+        default=DEFAULT_LISTEN,
+        help=f"gRPC address, or several comma-separated (default {DEFAULT_LISTEN})",
     )
     parser.add_argument(
         "--etcd",

@@ -1,21 +1,20 @@
-"""The core loop end to end through ``navigator lab``: Kubernetes → etcd → translator → xDS → Envoy.
+"""The core loop end to end through ``navigator lab``: Kubernetes → etcd → translator → xDS →
+Envoy, on both lab networks.
 
 The lab runs as the user runs it (a subprocess with a state directory); the tests read
 ``lab.json``, change objects through the API servers with the official client, and send real
-requests through the real Envoy sidecars to the real backends, counting where they went.
+requests from inside the sidecars' pods (``exec`` prefix) through the real Envoy sidecars to
+the real backends, counting where they went.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,20 +23,42 @@ from typing import Any, TypeVar
 import kubernetes
 import pytest
 
+from navigator.lab import netns
+
 T = TypeVar("T")
 
 STARTUP_TIMEOUT = 90.0
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    state = tmp_path_factory.mktemp("lab")
-    log = open(state / "lab.out", "wb")  # noqa: SIM115
+def _modes() -> list[Any]:
+    ok, why = netns.available()
+    return [
+        pytest.param("netns", marks=[] if ok else [pytest.mark.skip(reason=why)]),
+        pytest.param("host"),
+    ]
+
+
+@pytest.fixture(scope="module", params=_modes())
+def lab(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    state = tmp_path_factory.mktemp(f"lab-{request.param}")
+    out = open(state / "lab.out", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "navigator", "lab", "--state-dir", str(state)],
-        stdout=log,
+        [
+            sys.executable,
+            "-m",
+            "navigator",
+            "lab",
+            "--state-dir",
+            str(state),
+            "--network",
+            request.param,
+        ],
+        stdout=out,
         stderr=subprocess.STDOUT,
     )
+    doc: dict[str, Any] = {}
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         lab_json = state / "lab.json"
@@ -47,8 +68,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             if time.monotonic() > deadline:
                 pytest.fail(f"lab not up in {STARTUP_TIMEOUT}s:\n{_tail(state / 'lab.out')}")
             time.sleep(0.1)
-        doc: dict[str, Any] = json.loads(lab_json.read_text())
-        doc["_state"] = state
+        doc = json.loads(lab_json.read_text())
         yield doc
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -58,10 +78,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            log.close()
-    # Nothing the lab started may survive it.
-    for p in doc["processes"]:
+            out.close()
+    assert proc.returncode == 0, _tail(state / "lab.out")
+    # Nothing the lab started may survive it: no process, no network namespace.
+    for p in doc.get("processes", []):
         assert not _alive(p["pid"]), f"{p['name']} (pid {p['pid']}) survived the lab"
+    prefix = doc.get("network", {}).get("prefix")
+    if prefix:
+        listed = subprocess.run(["ip", "netns", "list"], check=True, capture_output=True, text=True)
+        left = listed.stdout
+        assert prefix not in left
 
 
 def _alive(pid: int) -> bool:
@@ -69,8 +95,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    # A zombie is gone for our purpose: it holds no socket.
     status = Path(f"/proc/{pid}/status")
+    # A zombie holds no socket: gone for our purpose.
     return status.exists() and "zombie" not in status.read_text()
 
 
@@ -79,21 +105,35 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 def _api(lab: dict[str, Any], cluster: str) -> kubernetes.client.ApiClient:
-    return kubernetes.config.new_client_from_config(
-        config_file=lab["kubeconfig"], context=cluster
+    return kubernetes.config.new_client_from_config(config_file=lab["kubeconfig"], context=cluster)
+
+
+def _sidecar(lab: dict[str, Any], app: str, cluster: str) -> dict[str, Any]:
+    return next(s for s in lab["sidecars"] if s["app"] == app and s["cluster"] == cluster)
+
+
+def _client(sidecar: dict[str, Any], *args: str) -> dict[str, Any]:
+    """Runs the lab client in the sidecar's pod, as the application there would."""
+    done = subprocess.run(
+        [*sidecar["exec"], sys.executable, "-m", "navigator.lab.client", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
-def _get(url: str) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            body: dict[str, Any] = json.loads(resp.read())
-            return body
-    except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
-        return None
+def _pods_hit(sidecar: dict[str, Any], url: str, n: int) -> dict[str, int]:
+    result = _client(sidecar, "http", url, "--count", str(n))
+    hits: dict[str, int] = result["pods"]
+    if result["failed"]:
+        hits["<failed>"] = result["failed"]
+    return hits
 
 
-def _eventually(fn: Callable[[], T | None], what: str, timeout: float = 15.0) -> T:
+def _eventually(fn: Callable[[], T | None], what: str, timeout: float = 20.0) -> T:
     deadline = time.monotonic() + timeout
     while True:
         got = fn()
@@ -104,12 +144,10 @@ def _eventually(fn: Callable[[], T | None], what: str, timeout: float = 15.0) ->
         time.sleep(0.05)
 
 
-def _pods_hit(url: str, n: int) -> collections.Counter[str]:
-    hits: collections.Counter[str] = collections.Counter()
-    for _ in range(n):
-        body = _get(url)
-        hits[body["pod"] if body else "<failed>"] += 1
-    return hits
+def _ip(lab: dict[str, Any], name: str, cluster: str) -> str:
+    service = next(s for s in lab["services"] if s["name"] == name)
+    ip: str = service["cluster_ips"][cluster]
+    return ip
 
 
 def test_lab_reports_ready_and_lists_every_role(lab: dict[str, Any]) -> None:
@@ -121,87 +159,95 @@ def test_lab_reports_ready_and_lists_every_role(lab: dict[str, Any]) -> None:
 
 
 def test_traffic_by_cluster_ip_reaches_pods_of_both_clusters(lab: dict[str, Any]) -> None:
-    item = next(s for s in lab["services"] if s["name"] == "item")
-    url = f"http://{item['cluster_ips']['east']}:8890/"
-    _eventually(lambda: _get(url), "shop/item through the east sidecar")
-    hits = _pods_hit(url, 60)
+    web = _sidecar(lab, "web", "east")
+    url = f"http://{_ip(lab, 'item', 'east')}:8890/"
+    _eventually(lambda: _pods_hit(web, url, 1).keys() - {"<failed>"}, "shop/item from web")
+    hits = _pods_hit(web, url, 60)
     assert set(hits) == {"item-east-0", "item-east-1", "item-west-0", "item-west-1"}, hits
     # Round robin over four pods: each gets a fair share.
     assert min(hits.values()) >= 10, hits
 
 
+def test_two_sidecars_of_one_cluster_serve_the_same_cluster_ip(lab: dict[str, Any]) -> None:
+    if lab["network"]["mode"] != "netns":
+        pytest.skip("the host network runs one sidecar per cluster")
+    url = f"http://{_ip(lab, 'item', 'west')}:8890/"
+    for app in ("web", "checkout"):
+        hits = _pods_hit(_sidecar(lab, app, "west"), url, 8)
+        assert "<failed>" not in hits, (app, hits)
+
+
 def test_l4_port_carries_raw_tcp(lab: dict[str, Any]) -> None:
-    echo = next(s for s in lab["services"] if s["name"] == "echo")
-    payload = b"\x00binary\xffpayload\n" * 100
-
-    def roundtrip() -> bytes | None:
-        try:
-            with socket.create_connection((echo["cluster_ips"]["west"], 7000), timeout=2) as s:
-                s.sendall(payload)
-                s.shutdown(socket.SHUT_WR)
-                data = b""
-                while chunk := s.recv(65536):
-                    data += chunk
-                return data or None
-        except OSError:
-            return None
-
-    assert _eventually(roundtrip, "echo through the west sidecar") == payload
+    checkout = _sidecar(lab, "checkout", "west")
+    payload = "binary\x01payload\n" * 100
+    address = f"{_ip(lab, 'echo', 'west')}:7000"
+    result = _eventually(
+        lambda: (r := _client(checkout, "tcp", address, "--send", payload))["echo"] and r,
+        "echo from the checkout pod",
+    )
+    assert result["echo"] == payload
 
 
 def test_deleting_an_endpoint_moves_traffic_away(lab: dict[str, Any]) -> None:
-    item = next(s for s in lab["services"] if s["name"] == "item")
-    url = f"http://{item['cluster_ips']['east']}:8890/"
+    web = _sidecar(lab, "web", "east")
+    url = f"http://{_ip(lab, 'item', 'east')}:8890/"
     core = kubernetes.client.CoreV1Api(_api(lab, "east"))
     eps = core.read_namespaced_endpoints("item", "shop")
-    eps.subsets[0].addresses = [a for a in eps.subsets[0].addresses if a.ip != "127.21.0.11"]
+    gone = next(a for a in eps.subsets[0].addresses if a.target_ref.name == "item-east-1")
+    eps.subsets[0].addresses = [a for a in eps.subsets[0].addresses if a.ip != gone.ip]
     core.replace_namespaced_endpoints("item", "shop", eps)
 
-    def moved() -> bool:
-        return "item-east-1" not in _pods_hit(url, 20)
-
-    _eventually(moved, "traffic to leave item-east-1")
-    hits = _pods_hit(url, 40)
+    _eventually(lambda: "item-east-1" not in _pods_hit(web, url, 20), "traffic to leave")
+    hits = _pods_hit(web, url, 40)
     assert set(hits) == {"item-east-0", "item-west-0", "item-west-1"}, hits
 
 
 def test_new_service_becomes_reachable_and_deleted_one_disappears(lab: dict[str, Any]) -> None:
+    west = next(c for c in lab["clusters"] if c["name"] == "west")
+    checkout = _sidecar(lab, "checkout", "west")
+    item_pod = next(
+        p for p in lab["processes"] if p["role"] == "backend" and p.get("pod") == "item-west-0"
+    )
+    fresh_ip = _ip(lab, "item", "west").rsplit(".", 1)[0] + ".30"
+    assert fresh_ip.startswith(west["service_cidr"].split(".0/")[0].rsplit(".", 1)[0])
     core = kubernetes.client.CoreV1Api(_api(lab, "west"))
-    svc = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "fresh", "namespace": "shop"},
-        "spec": {
-            "clusterIP": "127.32.0.30",
-            "ports": [{"name": "http", "port": 8891, "targetPort": 8080}],
+    core.create_namespaced_service(
+        "shop",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "fresh", "namespace": "shop"},
+            "spec": {
+                "clusterIP": fresh_ip,
+                "ports": [{"name": "http", "port": 8891, "targetPort": 8080}],
+            },
         },
-    }
-    eps = {
-        "apiVersion": "v1",
-        "kind": "Endpoints",
-        "metadata": {"name": "fresh", "namespace": "shop"},
-        "subsets": [
-            {
-                "addresses": [{"ip": "127.22.0.10", "targetRef": {"name": "item-west-0"}}],
-                "ports": [{"name": "http", "port": 8080}],
-            }
-        ],
-    }
-    core.create_namespaced_service("shop", svc)
-    core.create_namespaced_endpoints("shop", eps)
-    url = "http://127.32.0.30:8891/"
+    )
+    core.create_namespaced_endpoints(
+        "shop",
+        {
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": {"name": "fresh", "namespace": "shop"},
+            "subsets": [
+                {
+                    "addresses": [{"ip": item_pod["ip"], "targetRef": {"name": "item-west-0"}}],
+                    "ports": [{"name": "http", "port": 8080}],
+                }
+            ],
+        },
+    )
+    url = f"http://{fresh_ip}:8891/"
     # The checkout sidecar's Nexus selects the whole shop namespace.
-    body = _eventually(lambda: _get(url), "the new service through the checkout sidecar")
-    assert body["pod"] == "item-west-0"
+    hits = _eventually(
+        lambda: (h := _pods_hit(checkout, url, 1)).get("item-west-0") and h,
+        "the new service from the checkout pod",
+    )
+    assert hits == {"item-west-0": 1}
 
     core.delete_namespaced_service("fresh", "shop")
     core.delete_namespaced_endpoints("fresh", "shop")
-
-    def refused() -> bool:
-        try:
-            with socket.create_connection(("127.32.0.30", 8891), timeout=1):
-                return False
-        except OSError:
-            return True
-
-    _eventually(refused, "the deleted service's listener to go")
+    _eventually(
+        lambda: _client(checkout, "tcp", f"{fresh_ip}:8891", "--timeout", "1")["failed"],
+        "the deleted service's listener to go",
+    )

@@ -1,0 +1,78 @@
+"""A lab pod's client: requests sent from inside a pod's network, results as one JSON line.
+
+Tests and chaos scenarios run it with a sidecar's ``exec`` prefix from ``lab.json``, so that
+it connects to a ClusterIP exactly as the application in that pod would::
+
+    ip netns exec <ns> python -m navigator.lab.client http http://198.19.1.10:8890/ --count 20
+    {"pods": {"item-east-0": 5, ...}, "failed": 0, "errors": []}
+    ip netns exec <ns> python -m navigator.lab.client tcp 198.19.2.20:7000 --send hello
+    {"echo": "hello", "failed": 0, "errors": []}
+
+It uses the standard library only and exits 0 even when requests fail: failures are data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import socket
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+
+def http(url: str, count: int, timeout: float) -> dict[str, object]:
+    pods: collections.Counter[str] = collections.Counter()
+    errors: list[str] = []
+    failed = 0
+    for _ in range(count):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                pods[str(json.loads(resp.read()).get("pod", "?"))] += 1
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            failed += 1
+            if len(errors) < 5:
+                errors.append(f"{type(exc).__name__}: {exc}")
+    return {"pods": dict(pods), "failed": failed, "errors": errors}
+
+
+def tcp(address: str, payload: bytes, timeout: float) -> dict[str, object]:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        return {"echo": data.decode(errors="replace"), "failed": 0, "errors": []}
+    except OSError as exc:
+        return {"echo": None, "failed": 1, "errors": [f"{type(exc).__name__}: {exc}"]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m navigator.lab.client", description="Requests from inside a lab pod."
+    )
+    sub = parser.add_subparsers(dest="mode", required=True)
+    p_http = sub.add_parser("http", help="GET a URL COUNT times; count answers per pod")
+    p_http.add_argument("url")
+    p_http.add_argument("--count", type=int, default=1)
+    p_tcp = sub.add_parser("tcp", help="send bytes to HOST:PORT, read the echo")
+    p_tcp.add_argument("address")
+    p_tcp.add_argument("--send", default="hello\n")
+    for p in (p_http, p_tcp):
+        p.add_argument("--timeout", type=float, default=2.0)
+    args = parser.parse_args(argv)
+    if args.mode == "http":
+        result = http(args.url, args.count, args.timeout)
+    else:
+        result = tcp(args.address, args.send.encode(), args.timeout)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
