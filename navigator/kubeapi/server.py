@@ -41,7 +41,8 @@ import prometheus_client
 import yaml
 from aiohttp import web
 
-from navigator.kubeapi import errors, logs, openapi, patch, resources, selectors
+from navigator import runtime
+from navigator.kubeapi import errors, openapi, patch, resources, selectors
 from navigator.kubeapi.resources import ResourceType
 from navigator.kubeapi.store import FieldValidation, Obj, Store, Watcher
 
@@ -629,7 +630,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logs.configure(args.log_level)
+    runtime.setup_logging(args.log_level, component="kube-api")
     try:
         asyncio.run(_serve(args))
     except (errors.ApiError, OSError, yaml.YAMLError) as e:

@@ -12,10 +12,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from navigator.kubeapi import server as kubeapi_server
 from navigator.lab import procs
 
 
@@ -41,21 +43,52 @@ def _complaints(log: Path) -> list[dict[str, object]]:
     return [doc for doc in lines if doc.get("level") in ("warning", "error")]
 
 
+@pytest.fixture
+def kube_api(tmp_path: Path) -> Iterator[Path]:
+    """A local API server process and a kubeconfig for it (context ``east``)."""
+    port = procs.free_port()
+    proc = procs.start(
+        [sys.executable, "-m", "navigator", "kube-api", "--port", str(port), "--name", "east"],
+        log_file=tmp_path / "kube-api.log",
+    )
+    try:
+        _wait_status(f"http://127.0.0.1:{port}/readyz", 200, 20)
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeapi_server.write_kubeconfig(kubeconfig, {"east": f"http://127.0.0.1:{port}"})
+        yield kubeconfig
+    finally:
+        procs.stop(proc)
+
+
 @pytest.mark.parametrize(
     "command",
     [
         pytest.param(["translator"], id="translator"),
         pytest.param(["xds", "--listen", "127.0.0.1:0"], id="xds"),
+        pytest.param(
+            ["watcher", "--cluster", "east", "--kubeconfig", "{kubeconfig}"], id="watcher"
+        ),
     ],
 )
-def test_starts_without_etcd_then_becomes_ready(tmp_path: Path, command: list[str]) -> None:
+def test_starts_without_etcd_then_becomes_ready(
+    tmp_path: Path, command: list[str], request: pytest.FixtureRequest
+) -> None:
+    if "{kubeconfig}" in command:
+        kubeconfig = request.getfixturevalue("kube_api")
+        command = [str(kubeconfig) if a == "{kubeconfig}" else a for a in command]
     etcd_port = procs.free_port()
     http = f"127.0.0.1:{procs.free_port()}"
     log = tmp_path / "process.log"
     proc = procs.start(
         [
-            sys.executable, "-m", "navigator", *command,
-            "--etcd", f"http://127.0.0.1:{etcd_port}", "--http", http,
+            sys.executable,
+            "-m",
+            "navigator",
+            *command,
+            "--etcd",
+            f"http://127.0.0.1:{etcd_port}",
+            "--http",
+            http,
         ],
         log_file=log,
     )
