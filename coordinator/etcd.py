@@ -217,8 +217,9 @@ class Etcd:
     async def apply(self, *, puts: Mapping[str, bytes], deletes: Iterable[str] = ()) -> int:
         """Writes ``puts`` and ``deletes`` in transactions of at most MAX_TXN_OPS operations.
 
-        Each transaction is atomic; a change larger than one transaction is written in key
-        order. Returns the revision of the last transaction (0 when nothing was written).
+        Each transaction is atomic; a larger change is written as several, in the order given
+        (puts first), so a caller orders what must land first. Returns the revision of the
+        last transaction (0 when nothing was written).
         """
         tx = self._client.transactions
         ops: list[Any] = [tx.put(k.encode(), v) for k, v in puts.items()]

@@ -385,8 +385,15 @@ class Translator:
             await self._flushed.wait_for(predicate)
 
     async def run(self, health: runtime.Health) -> None:
-        """Lists, then watches and publishes until cancelled; relists after a compaction."""
+        """Lists, then watches and publishes until cancelled.
+
+        Any doubt about what etcd holds (a compaction past our revision, a failed write,
+        etcd unreachable) starts over from a fresh listing, with backoff while etcd is down;
+        what sidecars are served stays in etcd meanwhile.
+        """
+        delay = 0.5
         while True:
+            started = time.monotonic()
             try:
                 await self._run_once(health)
             except* etcd_mod.Compacted as group:
@@ -394,6 +401,16 @@ class Translator:
                     "etcd compacted past our revision, relisting",
                     extra={"error": str(group.exceptions[0])},
                 )
+            except* etcd_mod.EtcdUnavailable as group:
+                if time.monotonic() - started > 10.0:
+                    delay = 0.5  # NOTE: a new outage after a healthy run starts over.
+                if health.ready or delay == 0.5:
+                    log.error(
+                        "etcd unavailable, retrying", extra={"error": str(group.exceptions[0])}
+                    )
+                health.set_ready(False, "etcd unavailable")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def _run_once(self, health: runtime.Health) -> None:
         written = await self.etcd.get_prefix(keys.SNAPSHOTS)
@@ -422,14 +439,9 @@ class Translator:
             # NOTE: the debounce coalesces a burst (a roll-out) into one publication.
             await asyncio.sleep(self.debounce)
             self._changed.clear()
-            try:
-                await self.flush()
-            except etcd_mod.EtcdUnavailable as exc:
-                log.error("cannot publish, will retry", extra={"error": str(exc)})
-                self._all_apps_dirty = True
-                self._written.clear()  # NOTE: unknown what landed; compare nothing, rewrite.
-                self._dirty_services.update(self._services)
-                self._changed.set()
+            # NOTE: a failed write raises out of here: ``run`` relists, since what landed is
+            # unknown and the computed state has moved on.
+            await self.flush()
 
 
 def _app_facing(res: translate.ServiceResources | None) -> object:
@@ -516,23 +528,9 @@ def main(argv: Iterable[str] | None = None) -> int:
         ):
             log.info("translator started", extra={"etcd": args.etcd, "http": addr})
             translator = Translator(client, options=options, debounce=args.debounce)
-            task = asyncio.create_task(_supervise(translator, health))
+            task = asyncio.create_task(translator.run(health))
             await runtime.wait_stop(stop, task)
         log.info("translator stopped")
         return 0
 
     return runtime.run(amain)
-
-
-async def _supervise(translator: Translator, health: runtime.Health) -> None:
-    """Keeps the translator running through etcd outages, with backoff."""
-    delay = 0.5
-    while True:
-        try:
-            await translator.run(health)
-        except etcd_mod.EtcdUnavailable as exc:
-            if health.ready or delay == 0.5:
-                log.error("etcd unavailable, retrying", extra={"error": str(exc)})
-            health.set_ready(False, "etcd unavailable")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)

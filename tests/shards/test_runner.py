@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
 from coordinator import etcd as etcd_mod
 from navigator import keys, model, snapshot
+from navigator.lab import procs
 from shards import runner, translate
 
 EAST = model.ClusterName("east")
@@ -285,3 +287,28 @@ async def test_apps_follow_their_nexus_and_namespace(etcd: etcd_mod.Etcd) -> Non
         listing = await etcd.get_prefix(keys.SNAPSHOTS)
         assert app_key not in listing.items
         assert web_key in listing.items
+
+
+async def test_translator_survives_an_etcd_restart(tmp_path: Path) -> None:
+    port, peer = procs.free_port(), procs.free_port()
+    member, url = procs.start_etcd(tmp_path / "etcd", client_port=port, peer_port=peer)
+    client = etcd_mod.Etcd(etcd_mod.parse_endpoints(url), retry_for=3.0)
+    try:
+        await _put(client, _service(EAST, "127.31.0.10"), NEXUS, _endpoints(EAST, "127.21.0.5"))
+        await client.put(keys.synced_key(EAST), b"{}")
+        async with runner.running(client, debounce=0.0) as tr:
+            await asyncio.wait_for(tr.published.wait(), 10)
+            procs.stop(member)
+            member, _ = procs.start_etcd(tmp_path / "etcd", client_port=port, peer_port=peer)
+            await _put(client, _endpoints(EAST, "127.21.0.5", "127.21.0.7"))
+
+            async def published() -> bool:
+                kv = await client.get(keys.eds_key("shop/item:8890"))
+                return kv is not None and b"127.21.0.7" in kv.value
+
+            async with asyncio.timeout(30):
+                while not await published():
+                    await tr.wait_until(lambda g=tr.generation: tr.generation > g)
+    finally:
+        await client.close()
+        procs.stop(member)
