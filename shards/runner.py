@@ -101,7 +101,14 @@ class Translator:
         self._dirty_namespaces: set[str] = set()
         self._app_namespaces: dict[str, set[model.AppName]] = {}
         """Apps whose Nexus entries name a namespace: they re-resolve when it changes."""
-        self._eds_names: dict[ServiceKey, set[str]] = {}
+        self._mesh: dict[ServiceKey, translate.MeshService] = {}
+        self._zone_pairs: collections.Counter[tuple[str, str]] = collections.Counter()
+        """(region, zone) of every Node and of every service's endpoints: the mesh's zones."""
+        self._service_zone_pairs: dict[ServiceKey, set[tuple[str, str]]] = {}
+        self._zones: tuple[translate.Zone, ...] = ()
+        self._zone_diags: list[translate.Diagnostic] = []
+        self._eds_names: dict[ServiceKey, set[tuple[str, str]]] = {}
+        """Per service: the (Envoy cluster name, variant) of its published EDS keys."""
         self._published_clusters: set[model.ClusterName] = set()
         self._mesh_diags_dirty = True
 
@@ -160,6 +167,7 @@ class Translator:
             self._slices.setdefault((obj.namespace, obj.service), {})[(obj.cluster, obj.name)] = obj
         elif isinstance(obj, model.Node):
             self._nodes[(obj.cluster, obj.name)] = obj
+            self._zone_pairs[(obj.region, obj.zone)] += 1
         elif isinstance(obj, model.Nexus):
             self._nexuses.setdefault(obj.app_name, {})[keys.state_key(obj)] = obj
 
@@ -178,6 +186,9 @@ class Translator:
             _pop_nested(self._slices, (obj.namespace, obj.service), (obj.cluster, obj.name))
         elif isinstance(obj, model.Node):
             self._nodes.pop((obj.cluster, obj.name), None)
+            self._zone_pairs.subtract([(obj.region, obj.zone)])
+            if self._zone_pairs[(obj.region, obj.zone)] <= 0:
+                del self._zone_pairs[(obj.region, obj.zone)]
         elif isinstance(obj, model.Nexus):
             _pop_nested(self._nexuses, obj.app_name, keys.state_key(obj))
 
@@ -227,8 +238,8 @@ class Translator:
         dirty_apps = set(self._dirty_apps)
         self._dirty_apps.clear()
 
+        regenerate = set(self._dirty_services)
         for skey in sorted(self._dirty_services):
-            old = self._resources.get(skey)
             svc, diags = translate.mesh_service(
                 list(self._services.get(skey, {}).values()),
                 list(self._endpoints.get(skey, {}).values()),
@@ -241,21 +252,51 @@ class Translator:
                 self._service_diags[skey] = diags
             else:
                 self._service_diags.pop(skey, None)
-            new = translate.service_resources(svc, self.options) if svc is not None else None
+            self._zone_pairs.subtract(self._service_zone_pairs.pop(skey, set()))
+            if svc is None:
+                self._mesh.pop(skey, None)
+            else:
+                self._mesh[skey] = svc
+                pairs = translate.zones_of(svc)
+                if pairs:
+                    self._service_zone_pairs[skey] = pairs
+                    self._zone_pairs.update(pairs)
+        self._zone_pairs = +self._zone_pairs
+
+        zones, zone_diags = translate.mesh_zones(self._zone_pairs)
+        if zone_diags != self._zone_diags:
+            self._zone_diags = zone_diags
+            self._mesh_diags_dirty = True
+        if zones != self._zones:
+            # NOTE: every service has one endpoint variant per zone of the mesh.
+            self._zones = zones
+            regenerate |= set(self._mesh)
+
+        for skey in sorted(regenerate):
+            old = self._resources.get(skey)
+            mesh = self._mesh.get(skey)
+            new = (
+                translate.service_resources(mesh, self.options, zones=zones)
+                if mesh is not None
+                else None
+            )
             if new is None:
                 self._resources.pop(skey, None)
             else:
                 self._resources[skey] = new
-            names = set(new.endpoints) if new is not None else set()
-            for name in self._eds_names.get(skey, set()) - names:
-                deletes.add(keys.eds_key(name))
-            for name in names:
-                key = keys.eds_key(name)
-                body = new.endpoints[name]  # type: ignore[union-attr]
+            variants = {
+                (name, variant): body
+                for name, by_variant in (new.endpoints.items() if new is not None else ())
+                for variant, body in by_variant.items()
+            }
+            for name, variant in self._eds_names.get(skey, set()) - set(variants):
+                deletes.add(keys.eds_key(name, variant))
+            for (name, variant), body in variants.items():
+                key = keys.eds_key(name, variant)
                 if self._written.get(key) != body:
                     puts[key] = body
-            if names:
-                self._eds_names[skey] = names
+            if variants:
+                self._eds_names[skey] = set(variants)
             else:
                 self._eds_names.pop(skey, None)
             if _app_facing(old) != _app_facing(new):
@@ -302,7 +343,7 @@ class Translator:
         if self._all_apps_dirty:
             # NOTE: after a restart or a change of clusters, drop what no app or service owns.
             live_apps = {keys.app_snapshot_key(a, k) for a in self._app_wanted for k in clusters}
-            live_eds = {keys.eds_key(n) for names in self._eds_names.values() for n in names}
+            live_eds = {keys.eds_key(*n) for names in self._eds_names.values() for n in names}
             live_diags = {keys.diagnostics_key(a) for a in self._app_diags} | {
                 keys.MESH_DIAGNOSTICS
             }
@@ -318,7 +359,7 @@ class Translator:
         self._published_clusters = clusters
 
         if self._mesh_diags_dirty:
-            every = [d for ds in self._service_diags.values() for d in ds]
+            every = [d for ds in self._service_diags.values() for d in ds] + self._zone_diags
             self._diagnostics_of(keys.MESH_DIAGNOSTICS, every, puts, deletes)
             self._mesh_diags_dirty = False
             DIAGNOSTICS.clear()

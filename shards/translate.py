@@ -11,7 +11,9 @@ The shape follows the layers of a compiler:
    the ClusterIP in each cluster and the ready endpoints of every cluster, with their
    locality.
 2. Small generators turn a ``MeshService`` port into one resource of each xDS type
-   (``cluster``, ``load_assignment``, ``listener``, ``route``).
+   (``cluster``, ``load_assignment``, ``listener``, ``route``). Endpoint assignments come in
+   variants: one per zone of the mesh (``mesh_zones``), with that zone's endpoints at
+   priority 0, and ``_default`` (every endpoint at priority 0) for sidecars of unknown zone.
 3. ``app_services`` resolves an app's Nexus objects into the services it may call, and
    ``app_snapshot`` assembles its resources for sidecars of one Kubernetes cluster.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -38,7 +41,8 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 
-from navigator import model, snapshot
+from navigator import keys, model, snapshot
+from shards import policy
 
 OVERPROVISIONING_FACTOR = 140
 """Envoy's default, stated explicitly: the spill-over table of the design depends on it."""
@@ -93,6 +97,8 @@ class MeshPort:
     cluster_ips: Mapping[model.ClusterName, str]
     endpoints: tuple[LbEndpoint, ...]
     """Ready endpoints of every cluster, sorted."""
+    pol: policy.Policy = policy.DEFAULT
+    """Load balancing, health checks, timeouts and retries, from the Service's annotations."""
 
     @property
     def envoy_name(self) -> str:
@@ -179,6 +185,8 @@ def mesh_service(
                     )
                 )
 
+    pol, pol_diags = policy.merge(routable, ports=list(chosen.values()))
+    diags.extend(pol_diags)
     ports: list[MeshPort] = []
     for number in sorted(chosen):
         sport = chosen[number]
@@ -199,6 +207,7 @@ def mesh_service(
                 protocol=sport.protocol,
                 cluster_ips=cluster_ips,
                 endpoints=tuple(sorted(set(lb))),
+                pol=pol,
             )
         )
     return (
@@ -271,6 +280,63 @@ def _resolve(
         )
 
 
+@dataclasses.dataclass(frozen=True, slots=True, order=True)
+class Zone:
+    """A zone of the mesh, identified with its region (``""`` when no Node says it)."""
+
+    region: str
+    name: str
+
+
+_ZONE_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+"""A Kubernetes label value: usable as the variant segment of an EDS key (no ``/``), and
+never ``_default``."""
+
+
+def zones_of(svc: MeshService) -> set[tuple[str, str]]:
+    """The (region, zone) pairs of a service's endpoints that have a zone."""
+    return {(ep.region, ep.zone) for port in svc.ports for ep in port.endpoints if ep.zone}
+
+
+def mesh_zones(pairs: Iterable[tuple[str, str]]) -> tuple[tuple[Zone, ...], list[Diagnostic]]:
+    """The zones of the mesh, from the (region, zone) pairs of Nodes and endpoints.
+
+    A zone is identified with its region: a pair without region (an endpoint whose zone came
+    from its EndpointSlice, on a Node not known) joins the zone's region from elsewhere. A
+    zone name that cannot be a key segment is reported and skipped; a zone claimed by two
+    regions is reported and takes the first region by name.
+    """
+    regions: dict[str, set[str]] = {}
+    for region, zone in pairs:
+        if zone:
+            regions.setdefault(zone, set()).add(region)
+    zones: list[Zone] = []
+    diags: list[Diagnostic] = []
+    for zone, found in sorted(regions.items()):
+        if not _ZONE_NAME.fullmatch(zone):
+            diags.append(
+                Diagnostic(
+                    object=f"zones/{zone}",
+                    reason="InvalidZoneName",
+                    message=f"zone {zone!r} is not a label value; no endpoint variant for it",
+                    severity=Severity.WARNING,
+                )
+            )
+            continue
+        named = sorted(found - {""})
+        if len(named) > 1:
+            diags.append(
+                Diagnostic(
+                    object=f"zones/{zone}",
+                    reason="ZoneRegionConflict",
+                    message=f"zone {zone} is in regions {', '.join(named)}; using {named[0]}",
+                    severity=Severity.WARNING,
+                )
+            )
+        zones.append(Zone(region=named[0] if named else "", name=zone))
+    return tuple(zones), diags
+
+
 # --- 2. generators: one resource of each type per service port -------------------------
 
 
@@ -304,19 +370,43 @@ def cluster(port: MeshPort) -> cluster_pb2.Cluster:
         out.typed_extension_protocol_options[
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
         ].CopyFrom(_any(opts))
-    return out
+    return policy.apply_cluster(out, port.pol, protocol=port.protocol)
 
 
-def load_assignment(port: MeshPort) -> endpoint_pb2.ClusterLoadAssignment:
-    """Endpoints grouped by locality (region, zone, and the Kubernetes cluster as sub-zone)."""
+def priority(ep: LbEndpoint, zone: Zone | None, region_of: Mapping[str, str]) -> int:
+    """Priority of an endpoint for sidecars in ``zone`` (None: unknown zone), before
+    renumbering: 0 = the same zone, 1 = another zone of the same region, 2 = elsewhere.
+
+    An endpoint without region (on a Node not known) takes its zone's region from
+    ``region_of`` (zone name → region).
+    """
+    if zone is None or ep.zone == zone.name:
+        return 0
+    if zone.region and (ep.region or region_of.get(ep.zone, "")) == zone.region:
+        return 1
+    return 2
+
+
+def load_assignment(
+    port: MeshPort, *, zone: Zone | None = None, region_of: Mapping[str, str] | None = None
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """Endpoints grouped by locality (region, zone, and the Kubernetes cluster as sub-zone).
+
+    For sidecars in ``zone``, localities get priorities by distance (``priority``); empty
+    priorities are dropped and the rest renumbered from 0, since Envoy requires contiguous
+    priorities. With the overprovisioning factor, a priority that is less than 1/1.4 healthy
+    spills its missing share over to the next one.
+    """
     groups: dict[tuple[str, str, str], list[LbEndpoint]] = {}
     for ep in port.endpoints:
         groups.setdefault((ep.region, ep.zone, ep.cluster), []).append(ep)
+    raw = {key: priority(eps[0], zone, region_of or {}) for key, eps in groups.items()}
+    dense = {p: i for i, p in enumerate(sorted(set(raw.values())))}
     return endpoint_pb2.ClusterLoadAssignment(
         cluster_name=port.envoy_name,
         endpoints=[
             endpoint_components_pb2.LocalityLbEndpoints(
-                locality=base_pb2.Locality(region=region, zone=zone, sub_zone=k8s),
+                locality=base_pb2.Locality(region=region, zone=zone_name, sub_zone=k8s),
                 lb_endpoints=[
                     endpoint_components_pb2.LbEndpoint(
                         endpoint=endpoint_components_pb2.Endpoint(address=_address(ep.ip, ep.port))
@@ -325,8 +415,11 @@ def load_assignment(port: MeshPort) -> endpoint_pb2.ClusterLoadAssignment:
                 ],
                 # NOTE: equal weight per endpoint: a locality's share is its endpoint count.
                 load_balancing_weight=wrappers_pb2.UInt32Value(value=len(eps)),
+                priority=dense[raw[(region, zone_name, k8s)]],
             )
-            for (region, zone, k8s), eps in sorted(groups.items())
+            for (region, zone_name, k8s), eps in sorted(
+                groups.items(), key=lambda kv: (raw[kv[0]], kv[0])
+            )
         ],
         policy=endpoint_pb2.ClusterLoadAssignment.Policy(
             overprovisioning_factor=wrappers_pb2.UInt32Value(value=OVERPROVISIONING_FACTOR)
@@ -359,7 +452,9 @@ def listener(port: MeshPort, cluster_ip: str, options: Options) -> listener_pb2.
             name="envoy.filters.network.http_connection_manager", typed_config=_any(hcm)
         )
     else:
-        tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=stat, cluster=port.envoy_name)
+        tcp = policy.apply_tcp_proxy(
+            tcp_proxy_pb2.TcpProxy(stat_prefix=stat, cluster=port.envoy_name), port.pol
+        )
         filt = listener_components_pb2.Filter(
             name="envoy.filters.network.tcp_proxy", typed_config=_any(tcp)
         )
@@ -384,7 +479,9 @@ def route(port: MeshPort) -> route_pb2.RouteConfiguration:
                 routes=[
                     route_components_pb2.Route(
                         match=route_components_pb2.RouteMatch(prefix="/"),
-                        route=route_components_pb2.RouteAction(cluster=port.envoy_name),
+                        route=policy.apply_route(
+                            route_components_pb2.RouteAction(cluster=port.envoy_name), port.pol
+                        ),
                     )
                 ],
             )
@@ -406,11 +503,15 @@ class ServiceResources:
     routes: tuple[snapshot.Resource, ...]
     listeners: Mapping[model.ClusterName, tuple[snapshot.Resource, ...]]
     """Per Kubernetes cluster: listeners on that cluster's ClusterIPs."""
-    endpoints: Mapping[str, bytes]
-    """Per Envoy cluster name: the serialized ClusterLoadAssignment."""
+    endpoints: Mapping[str, Mapping[str, bytes]]
+    """Per Envoy cluster name, per variant (a zone name or ``_default``): the serialized
+    ClusterLoadAssignment."""
 
 
-def service_resources(svc: MeshService, options: Options) -> ServiceResources:
+def service_resources(
+    svc: MeshService, options: Options, *, zones: Sequence[Zone] = ()
+) -> ServiceResources:
+    """The resources of a service; endpoint assignments for ``_default`` and every zone."""
     listeners: dict[model.ClusterName, list[snapshot.Resource]] = {}
     for port in svc.ports:
         for k8s, ip in sorted(port.cluster_ips.items()):
@@ -423,11 +524,19 @@ def service_resources(svc: MeshService, options: Options) -> ServiceResources:
         clusters=tuple(_resource(p.envoy_name, cluster(p)) for p in svc.ports),
         routes=tuple(_resource(p.envoy_name, route(p)) for p in svc.ports if p.protocol.is_http),
         listeners={k: tuple(v) for k, v in listeners.items()},
-        endpoints={
-            p.envoy_name: load_assignment(p).SerializeToString(deterministic=True)
-            for p in svc.ports
-        },
+        endpoints={p.envoy_name: _variants(p, zones) for p in svc.ports},
     )
+
+
+def _variants(port: MeshPort, zones: Sequence[Zone]) -> dict[str, bytes]:
+    """Every zone's variant is written, even when equal to another: the front-end looks up
+    the sidecar's own zone, then ``_default``, and nothing else."""
+    region_of = {z.name: z.region for z in zones}
+    out = {keys.DEFAULT_VARIANT: load_assignment(port).SerializeToString(deterministic=True)}
+    for zone in zones:
+        cla = load_assignment(port, zone=zone, region_of=region_of)
+        out[zone.name] = cla.SerializeToString(deterministic=True)
+    return out
 
 
 # --- 3. apps ---------------------------------------------------------------------------
@@ -508,8 +617,8 @@ class State:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Result:
     apps: Mapping[tuple[model.AppName, model.ClusterName], snapshot.AppSnapshot]
-    endpoints: Mapping[str, bytes]
-    """Shared endpoint assignments by Envoy cluster name."""
+    endpoints: Mapping[tuple[str, str], bytes]
+    """Shared endpoint assignments by (Envoy cluster name, variant)."""
     diagnostics: Mapping[str, tuple[Diagnostic, ...]]
     """By app name; ``""`` holds the diagnostics of services."""
 
@@ -538,23 +647,33 @@ def translate(
             nexuses.setdefault(obj.app_name, []).append(obj)
 
     diags: dict[str, list[Diagnostic]] = {"": []}
-    resources: dict[tuple[str, str], ServiceResources] = {}
+    meshed: dict[tuple[str, str], MeshService] = {}
     for key in sorted(services):
         svc, service_diags = mesh_service(
             services[key], endpoints.get(key, []), nodes, slices=slices.get(key, [])
         )
         diags[""].extend(service_diags)
         if svc is not None:
-            resources[key] = service_resources(svc, options or Options())
+            meshed[key] = svc
+    pairs = {(n.region, n.zone) for n in nodes.values()}
+    for svc in meshed.values():
+        pairs |= zones_of(svc)
+    zones, zone_diags = mesh_zones(pairs)
+    diags[""].extend(zone_diags)
+    resources = {
+        key: service_resources(svc, options or Options(), zones=zones)
+        for key, svc in meshed.items()
+    }
 
     by_ns: dict[str, list[str]] = {}
     for ns, name in sorted(services):
         by_ns.setdefault(ns, []).append(name)
 
     apps: dict[tuple[model.AppName, model.ClusterName], snapshot.AppSnapshot] = {}
-    all_endpoints: dict[str, bytes] = {}
+    all_endpoints: dict[tuple[str, str], bytes] = {}
     for res in resources.values():
-        all_endpoints.update(res.endpoints)
+        for name, variants in res.endpoints.items():
+            all_endpoints.update({(name, v): body for v, body in variants.items()})
     for app in sorted(nexuses):
         wanted, app_diags = app_services(nexuses[app], by_ns)
         diags[app] = app_diags

@@ -158,14 +158,38 @@ def test_lab_reports_ready_and_lists_every_role(lab: dict[str, Any]) -> None:
     assert {c["name"] for c in lab["clusters"]} == {"east", "west"}
 
 
-def test_traffic_by_cluster_ip_reaches_pods_of_both_clusters(lab: dict[str, Any]) -> None:
+def test_traffic_stays_in_the_zone_then_spills_to_the_other_cluster(
+    lab: dict[str, Any],
+) -> None:
+    """One service across clusters, with locality: the east sidecar's zone is priority 0.
+
+    Deleting an endpoint moves traffic off that pod; with no endpoint left in east, the
+    sidecar reaches the pods of west by the same ClusterIP.
+    """
     web = _sidecar(lab, "web", "east")
     url = f"http://{_ip(lab, 'item', 'east')}:8890/"
     _eventually(lambda: _pods_hit(web, url, 1).keys() - {"<failed>"}, "shop/item from web")
     hits = _pods_hit(web, url, 60)
-    assert set(hits) == {"item-east-0", "item-east-1", "item-west-0", "item-west-1"}, hits
-    # Round robin over four pods: each gets a fair share.
-    assert min(hits.values()) >= 10, hits
+    # Priority 0 is fully healthy: west (priority 1) gets nothing, east pods share evenly.
+    assert set(hits) == {"item-east-0", "item-east-1"}, hits
+    assert min(hits.values()) >= 20, hits
+
+    core = kubernetes.client.CoreV1Api(_api(lab, "east"))
+    eps = core.read_namespaced_endpoints("item", "shop")
+    addresses = eps.subsets[0].addresses
+    eps.subsets[0].addresses = [a for a in addresses if a.target_ref.name != "item-east-1"]
+    core.replace_namespaced_endpoints("item", "shop", eps)
+    _eventually(lambda: "item-east-1" not in _pods_hit(web, url, 20), "traffic to leave")
+    # A removed endpoint is not an unhealthy one: priority 0 is still fully healthy.
+    assert set(_pods_hit(web, url, 40)) == {"item-east-0"}
+
+    core.delete_namespaced_endpoints("item", "shop")
+    _eventually(
+        lambda: set(_pods_hit(web, url, 20)) == {"item-west-0", "item-west-1"},
+        "traffic to reach the pods of west",
+    )
+    hits = _pods_hit(web, url, 40)
+    assert set(hits) == {"item-west-0", "item-west-1"}, hits
 
 
 def test_two_sidecars_of_one_cluster_serve_the_same_cluster_ip(lab: dict[str, Any]) -> None:
@@ -186,20 +210,6 @@ def test_l4_port_carries_raw_tcp(lab: dict[str, Any]) -> None:
         "echo from the checkout pod",
     )
     assert result["echo"] == payload
-
-
-def test_deleting_an_endpoint_moves_traffic_away(lab: dict[str, Any]) -> None:
-    web = _sidecar(lab, "web", "east")
-    url = f"http://{_ip(lab, 'item', 'east')}:8890/"
-    core = kubernetes.client.CoreV1Api(_api(lab, "east"))
-    eps = core.read_namespaced_endpoints("item", "shop")
-    gone = next(a for a in eps.subsets[0].addresses if a.target_ref.name == "item-east-1")
-    eps.subsets[0].addresses = [a for a in eps.subsets[0].addresses if a.ip != gone.ip]
-    core.replace_namespaced_endpoints("item", "shop", eps)
-
-    _eventually(lambda: "item-east-1" not in _pods_hit(web, url, 20), "traffic to leave")
-    hits = _pods_hit(web, url, 40)
-    assert set(hits) == {"item-east-0", "item-west-0", "item-west-1"}, hits
 
 
 def test_new_service_becomes_reachable_and_deleted_one_disappears(lab: dict[str, Any]) -> None:

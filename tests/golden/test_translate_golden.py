@@ -44,8 +44,8 @@ def render(result: translate.Result) -> dict[str, Any]:
     return {
         "apps": apps,
         "endpoints": {
-            name: snapshot.resource_to_dict(snapshot.ENDPOINT, body)
-            for name, body in sorted(result.endpoints.items())
+            f"{name}/{variant}": snapshot.resource_to_dict(snapshot.ENDPOINT, body)
+            for (name, variant), body in sorted(result.endpoints.items())
         },
         "diagnostics": {
             app or "_mesh": [

@@ -125,8 +125,8 @@ async def test_incremental_runner_agrees_with_full_translation(etcd: etcd_mod.Et
     listing = await etcd.get_prefix(keys.SNAPSHOTS)
     for (app, cluster), snap in full.apps.items():
         assert listing.items[keys.app_snapshot_key(app, cluster)].value == snapshot.encode_app(snap)
-    for name, body in full.endpoints.items():
-        assert listing.items[keys.eds_key(name)].value == body
+    for (name, variant), body in full.endpoints.items():
+        assert listing.items[keys.eds_key(name, variant)].value == body
 
 
 def _slice(
@@ -153,7 +153,7 @@ async def _assert_agrees_with_full_translation(
     """Etcd holds exactly what ``translate.translate`` makes of ``objs``, nothing more."""
     full = translate.translate(objs.values(), clusters)
     want = {keys.app_snapshot_key(a, c): snapshot.encode_app(s) for (a, c), s in full.apps.items()}
-    want |= {keys.eds_key(name): body for name, body in full.endpoints.items()}
+    want |= {keys.eds_key(*name_variant): body for name_variant, body in full.endpoints.items()}
     listing = await etcd.get_prefix(keys.SNAPSHOTS)
     assert {k: kv.value for k, kv in listing.items.items()} == want
 
@@ -312,3 +312,144 @@ async def test_translator_survives_an_etcd_restart(tmp_path: Path) -> None:
     finally:
         await client.close()
         procs.stop(member)
+
+
+def _zoned_endpoints(cluster: model.ClusterName, *eps: tuple[str, str]) -> model.Endpoints:
+    """``eps`` are (ip, node); two ports, so each change touches two Envoy clusters."""
+    return model.Endpoints(
+        cluster=cluster,
+        namespace="shop",
+        name="item",
+        endpoints=tuple(
+            model.Endpoint(
+                ip=ip,
+                ready=True,
+                ports=(model.EndpointPort("http", 8080), model.EndpointPort("db", 5432)),
+                node=node,
+            )
+            for ip, node in eps
+        ),
+    )
+
+
+def _two_port_service(cluster: model.ClusterName, ip: str) -> model.Service:
+    return dataclasses.replace(
+        _service(cluster, ip),
+        ports=(
+            model.ServicePort(name="http", port=8890, protocol=model.Protocol.HTTP),
+            model.ServicePort(name="db", port=5432, protocol=model.Protocol.TCP),
+        ),
+    )
+
+
+ZONE_NODES = (
+    model.Node(cluster=EAST, name="e-a", region="r1", zone="r1-a"),
+    model.Node(cluster=EAST, name="e-b", region="r1", zone="r1-b"),
+    model.Node(cluster=WEST, name="w-a", region="r2", zone="r2-a"),
+)
+
+
+@pytest.mark.parametrize("apps", [1, 50], ids=["1-app", "50-apps"])
+async def test_endpoint_change_writes_one_key_per_port_and_variant_whatever_the_apps(
+    etcd: etcd_mod.Etcd, apps: int
+) -> None:
+    nexuses = [
+        model.Nexus(EAST, "web", f"a{i}", model.AppName(f"a{i}"), (model.ServiceRef("shop", ""),))
+        for i in range(apps)
+    ]
+    await _put(
+        etcd,
+        _two_port_service(EAST, "127.31.0.10"),
+        _two_port_service(WEST, "127.32.0.10"),
+        *ZONE_NODES,
+        _zoned_endpoints(EAST, ("127.21.0.5", "e-a"), ("127.21.0.6", "e-b")),
+        _zoned_endpoints(WEST, ("127.22.0.5", "w-a")),
+        *nexuses,
+    )
+    await etcd.apply(puts={keys.synced_key(EAST): b"{}", keys.synced_key(WEST): b"{}"})
+    async with runner.running(etcd, debounce=0.0) as tr:
+        await asyncio.wait_for(tr.published.wait(), 10)
+        before = await etcd.get_prefix(keys.ROOT)
+        gen = tr.generation
+        changed = _zoned_endpoints(
+            EAST, ("127.21.0.5", "e-a"), ("127.21.0.6", "e-b"), ("127.21.0.7", "e-b")
+        )
+        await _put(etcd, changed)
+        await _flushed_until(tr, lambda: tr.generation > gen)
+        after = await etcd.get_prefix(keys.ROOT)
+    written = {
+        k
+        for k, v in after.items.items()
+        if k not in before.items or v.mod_revision != before.items[k].mod_revision
+    }
+    # The state key the test wrote, and per port: the default and one variant per zone.
+    variants = [keys.DEFAULT_VARIANT, "r1-a", "r1-b", "r2-a"]
+    assert written == {keys.state_key(changed)} | {
+        keys.eds_key(name, v) for name in ("shop/item:8890", "shop/item:5432") for v in variants
+    }
+
+
+async def test_zone_changes_recompute_every_service_and_drop_stale_variants(
+    etcd: etcd_mod.Etcd,
+) -> None:
+    cart = dataclasses.replace(_service(EAST, "127.31.0.11"), name="cart")
+    cart_eps = dataclasses.replace(_endpoints(EAST, "127.21.0.9"), name="cart")
+    objs: dict[str, model.Object] = {}
+    clusters = [EAST, WEST]
+
+    async def step(
+        tr: runner.Translator,
+        *,
+        put: tuple[model.Object, ...] = (),
+        delete: tuple[model.Object, ...] = (),
+    ) -> None:
+        gen = tr.generation
+        objs.update({keys.state_key(o): o for o in put})
+        for o in delete:
+            del objs[keys.state_key(o)]
+        await etcd.apply(
+            puts={keys.state_key(o): model.encode(o) for o in put},
+            deletes=[keys.state_key(o) for o in delete],
+        )
+        await _flushed_until(tr, lambda: tr.generation > gen)
+        await _assert_agrees_with_full_translation(etcd, objs, clusters)
+
+    await etcd.apply(puts={keys.synced_key(EAST): b"{}", keys.synced_key(WEST): b"{}"})
+    async with runner.running(etcd, debounce=0.0) as tr:
+        await asyncio.wait_for(tr.published.wait(), 10)
+        await step(
+            tr,
+            put=(
+                _service(EAST, "127.31.0.10"),
+                _service(WEST, "127.32.0.10"),
+                cart,
+                cart_eps,
+                NEXUS,
+                ZONE_NODES[0],
+                _zoned_endpoints(EAST, ("127.21.0.5", "e-a")),
+            ),
+        )
+        assert await etcd.get(keys.eds_key("shop/cart:8890", "r1-a")) is not None
+        # A Node in a new zone, with no endpoint: every service gets its variant.
+        await step(tr, put=(ZONE_NODES[2],))
+        assert await etcd.get(keys.eds_key("shop/cart:8890", "r2-a")) is not None
+        # The zone goes: its variants go, for every service.
+        await step(tr, delete=(ZONE_NODES[2],))
+        assert await etcd.get(keys.eds_key("shop/cart:8890", "r2-a")) is None
+        assert await etcd.get(keys.eds_key("shop/item:8890", "r2-a")) is None
+        # A zone known only from an endpoint (its Node unknown) counts as well.
+        zoned = model.Endpoints(
+            cluster=WEST,
+            namespace="shop",
+            name="item",
+            endpoints=(
+                model.Endpoint(
+                    ip="127.22.0.5",
+                    ready=True,
+                    ports=(model.EndpointPort("http", 8080),),
+                    zone="r2-b",
+                ),
+            ),
+        )
+        await step(tr, put=(zoned,))
+        assert await etcd.get(keys.eds_key("shop/cart:8890", "r2-b")) is not None
