@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "translator": ("shards.runner", "translate state in etcd into per-app Envoy snapshots"),
     "xds": ("navigator.xds.server", "serve snapshots from etcd to Envoy sidecars over ADS"),
     "bootstrap": ("navigator.bootstrap", "print an Envoy bootstrap for a sidecar"),
+    "weight": ("navigator.weights", "show or set a cluster's traffic weight (0 drains it)"),
     "kube-api": ("navigator.kubeapi.server", "run the local Kubernetes API server"),
 }
 

@@ -12,6 +12,7 @@ Layout (``<ns>`` is ``_`` for cluster-scoped objects)::
     /navigator/v1/snapshots/eds/<ns>/<name>:<port>/<variant>
                                                         a shared ClusterLoadAssignment (protobuf)
     /navigator/v1/diagnostics/<app>                     what translation skipped for an app (JSON)
+    /navigator/v1/config/cluster-weights/<cluster>      operator's weight for a cluster (JSON)
     /navigator/v1/diagnostics/_mesh                     ... and for services (any app)
 
 Cluster, app and object names are DNS labels or subdomains, so they never contain ``/``.
@@ -30,6 +31,8 @@ SNAPSHOTS = ROOT + "snapshots/"
 APP_SNAPSHOTS = SNAPSHOTS + "apps/"
 EDS_SNAPSHOTS = SNAPSHOTS + "eds/"
 DIAGNOSTICS = ROOT + "diagnostics/"
+CONFIG = ROOT + "config/"
+CLUSTER_WEIGHTS = CONFIG + "cluster-weights/"
 
 CLUSTER_SCOPED = "_"
 DEFAULT_VARIANT = "_default"
@@ -113,6 +116,16 @@ def parse_eds_key(key: str) -> tuple[str, str]:
     if not sep or not name or not variant:
         raise SchemaError(f"malformed EDS key: {key!r}")
     return name, variant
+
+
+def cluster_weight_key(cluster: model.ClusterName) -> str:
+    return f"{CLUSTER_WEIGHTS}{cluster}"
+
+
+def parse_cluster_weight_key(key: str) -> model.ClusterName:
+    if not key.startswith(CLUSTER_WEIGHTS) or "/" in key[len(CLUSTER_WEIGHTS) :]:
+        raise SchemaError(f"not a cluster weight key: {key!r}")
+    return model.ClusterName(key[len(CLUSTER_WEIGHTS) :])
 
 
 MESH_DIAGNOSTICS = DIAGNOSTICS + "_mesh"

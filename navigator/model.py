@@ -255,3 +255,25 @@ def _convert(type_name: str, value: Any) -> Any:
     if type_name in _ENUMS:
         return _ENUMS[type_name](value)
     return value
+
+
+DEFAULT_WEIGHT = 100
+"""A cluster's weight when the operator set none: every ready pod gets an equal share."""
+MAX_WEIGHT = 10_000
+
+
+def encode_weight(weight: int) -> bytes:
+    """The value of a cluster weight key (``navigator.keys.cluster_weight_key``)."""
+    if not 0 <= weight <= MAX_WEIGHT:
+        raise ValueError(f"a cluster weight is 0 (drained) to {MAX_WEIGHT}, got {weight}")
+    return json.dumps({"weight": weight}, separators=(",", ":")).encode()
+
+
+def decode_weight(data: bytes) -> int:
+    try:
+        weight = json.loads(data)["weight"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise DecodeError(f"cannot decode a cluster weight: {exc}") from exc
+    if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= MAX_WEIGHT:
+        raise DecodeError(f"a cluster weight is 0 to {MAX_WEIGHT}, got {weight!r}")
+    return weight

@@ -80,6 +80,8 @@ class Translator:
 
     def _clear_state(self) -> None:
         self._objects: dict[str, model.Object] = {}
+        self._weights: dict[model.ClusterName, int] = {}
+        """The operator's cluster weights that differ from the default."""
         self._per_cluster: collections.Counter[model.ClusterName] = collections.Counter()
         """Number of objects per Kubernetes cluster: the clusters that have state."""
         self._synced: set[model.ClusterName] = set()
@@ -119,7 +121,10 @@ class Translator:
             self.apply(kv.key, kv.value)
 
     def apply(self, key: str, value: bytes | None) -> None:
-        """Applies one state or synced key change; marks what it touches."""
+        """Applies one state, synced or cluster weight key change; marks what it touches."""
+        if key.startswith(keys.CLUSTER_WEIGHTS):
+            self._apply_weight(key, value)
+            return
         if key.startswith(keys.SYNCED):
             cluster = keys.parse_synced_key(key)
             if value is None:
@@ -153,6 +158,35 @@ class Translator:
             self._objects[key] = obj
             self._index(obj)
         self._changed.set()
+
+    def _apply_weight(self, key: str, value: bytes | None) -> None:
+        try:
+            cluster = keys.parse_cluster_weight_key(key)
+            weight = model.DEFAULT_WEIGHT if value is None else model.decode_weight(value)
+        except (keys.SchemaError, model.DecodeError) as exc:
+            DECODE_ERRORS.inc()
+            log.error("ignoring a bad cluster weight", extra={"key": key, "error": str(exc)})
+            return
+        if self._weights.get(cluster, model.DEFAULT_WEIGHT) == weight:
+            return
+        if weight == model.DEFAULT_WEIGHT:
+            self._weights.pop(cluster, None)
+        else:
+            self._weights[cluster] = weight
+        log.info("cluster weight", extra={"cluster": cluster, "weight": weight})
+        self._dirty_cluster(cluster)
+        self._changed.set()
+
+    def _dirty_cluster(self, cluster: model.ClusterName) -> None:
+        """Every service with endpoints in ``cluster``."""
+        self._dirty_services.update(
+            key for key, by_cluster in self._endpoints.items() if cluster in by_cluster
+        )
+        self._dirty_services.update(
+            key
+            for key, by_slice in self._slices.items()
+            if any(k8s == cluster for k8s, _ in by_slice)
+        )
 
     def _index(self, obj: model.Object) -> None:
         self._touch(obj)
@@ -205,14 +239,7 @@ class Translator:
             self._dirty_services.add((obj.namespace, obj.service))
         elif isinstance(obj, model.Node):
             # A node's zone is part of the locality of every endpoint on it.
-            self._dirty_services.update(
-                key for key, by_cluster in self._endpoints.items() if obj.cluster in by_cluster
-            )
-            self._dirty_services.update(
-                key
-                for key, by_slice in self._slices.items()
-                if any(k8s == obj.cluster for k8s, _ in by_slice)
-            )
+            self._dirty_cluster(obj.cluster)
         elif isinstance(obj, model.Nexus):
             self._dirty_apps.add(obj.app_name)
 
@@ -245,6 +272,7 @@ class Translator:
                 list(self._endpoints.get(skey, {}).values()),
                 self._nodes,
                 slices=list(self._slices.get(skey, {}).values()),
+                weights=self._weights,
             )
             if diags != self._service_diags.get(skey, []):
                 self._mesh_diags_dirty = True
@@ -459,15 +487,18 @@ class Translator:
         self._written = {k: kv.value for k, kv in {**written.items, **diags.items}.items()}
         state = await self.etcd.get_prefix(keys.STATE)
         synced = await self.etcd.get_prefix(keys.SYNCED)
+        weights = await self.etcd.get_prefix(keys.CLUSTER_WEIGHTS)
         self._clear_state()
         self.load(state)
         self.load(synced)
+        self.load(weights)
         self.loaded.set()
         self._changed.set()
         health.set_ready(True)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._follow(keys.STATE, state.revision + 1))
             tasks.create_task(self._follow(keys.SYNCED, synced.revision + 1))
+            tasks.create_task(self._follow(keys.CLUSTER_WEIGHTS, weights.revision + 1))
             tasks.create_task(self._publisher())
 
     async def _follow(self, prefix: str, revision: int) -> None:

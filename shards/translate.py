@@ -83,6 +83,8 @@ class LbEndpoint:
     zone: str
     ip: str
     port: int
+    weight: int = model.DEFAULT_WEIGHT
+    """Its Kubernetes cluster's weight (the operator's setting); drained clusters have none."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -130,6 +132,7 @@ def mesh_service(
     nodes: Mapping[tuple[model.ClusterName, str], model.Node],
     *,
     slices: Sequence[model.EndpointSlice] = (),
+    weights: Mapping[model.ClusterName, int] | None = None,
 ) -> tuple[MeshService | None, list[Diagnostic]]:
     """Merges one namespace/name's Services and Endpoints from every cluster.
 
@@ -197,7 +200,11 @@ def mesh_service(
             if own is None:
                 continue
             cluster_ips[svc.cluster] = svc.cluster_ip
-            lb.extend(_resolve(own, svc.cluster, eps_by_cluster.get(svc.cluster, ()), nodes))
+            weight = (weights or {}).get(svc.cluster, model.DEFAULT_WEIGHT)
+            if weight == 0:
+                continue  # NOTE: a drained cluster keeps its listeners, not its endpoints.
+            eps = eps_by_cluster.get(svc.cluster, ())
+            lb.extend(_resolve(own, svc.cluster, eps, nodes, weight=weight))
         ports.append(
             MeshPort(
                 namespace=ns,
@@ -255,6 +262,8 @@ def _resolve(
     k8s: model.ClusterName,
     endpoints: Iterable[model.Endpoint],
     nodes: Mapping[tuple[model.ClusterName, str], model.Node],
+    *,
+    weight: int = model.DEFAULT_WEIGHT,
 ) -> Iterable[LbEndpoint]:
     """The ready endpoints of one cluster for one Service port.
 
@@ -277,6 +286,7 @@ def _resolve(
             zone=ep.zone or (node.zone if node else ""),
             ip=ep.ip,
             port=port,
+            weight=weight,
         )
 
 
@@ -401,20 +411,21 @@ def load_assignment(
     for ep in port.endpoints:
         groups.setdefault((ep.region, ep.zone, ep.cluster), []).append(ep)
     raw = {key: priority(eps[0], zone, region_of or {}) for key, eps in groups.items()}
+    # NOTE: Envoy weighs an endpoint without a weight as 1: once any cluster has a weight of
+    # its own, every endpoint of the assignment carries its weight explicitly.
+    explicit = any(ep.weight != model.DEFAULT_WEIGHT for ep in port.endpoints)
     dense = {p: i for i, p in enumerate(sorted(set(raw.values())))}
     return endpoint_pb2.ClusterLoadAssignment(
         cluster_name=port.envoy_name,
         endpoints=[
             endpoint_components_pb2.LocalityLbEndpoints(
                 locality=base_pb2.Locality(region=region, zone=zone_name, sub_zone=k8s),
-                lb_endpoints=[
-                    endpoint_components_pb2.LbEndpoint(
-                        endpoint=endpoint_components_pb2.Endpoint(address=_address(ep.ip, ep.port))
-                    )
-                    for ep in eps
-                ],
-                # NOTE: equal weight per endpoint: a locality's share is its endpoint count.
-                load_balancing_weight=wrappers_pb2.UInt32Value(value=len(eps)),
+                lb_endpoints=[_lb_endpoint(ep, explicit) for ep in eps],
+                # NOTE: a locality's share is the sum of its endpoints' weights (its endpoint
+                # count when no cluster weight is set).
+                load_balancing_weight=wrappers_pb2.UInt32Value(
+                    value=max(1, round(sum(ep.weight for ep in eps) / model.DEFAULT_WEIGHT))
+                ),
                 priority=dense[raw[(region, zone_name, k8s)]],
             )
             for (region, zone_name, k8s), eps in sorted(
@@ -425,6 +436,15 @@ def load_assignment(
             overprovisioning_factor=wrappers_pb2.UInt32Value(value=OVERPROVISIONING_FACTOR)
         ),
     )
+
+
+def _lb_endpoint(ep: LbEndpoint, explicit: bool) -> endpoint_components_pb2.LbEndpoint:
+    out = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(address=_address(ep.ip, ep.port))
+    )
+    if explicit:
+        out.load_balancing_weight.value = ep.weight
+    return out
 
 
 def _address(ip: str, port: int) -> address_pb2.Address:
@@ -627,8 +647,14 @@ def translate(
     objects: Iterable[model.Object],
     clusters: Iterable[model.ClusterName],
     options: Options | None = None,
+    *,
+    weights: Mapping[model.ClusterName, int] | None = None,
 ) -> Result:
-    """The whole mesh at once: the reference that the incremental runner must agree with."""
+    """The whole mesh at once: the reference that the incremental runner must agree with.
+
+    ``weights``: the operator's weight per Kubernetes cluster (default ``DEFAULT_WEIGHT``;
+    0 drains the cluster).
+    """
     services: dict[tuple[str, str], list[model.Service]] = {}
     endpoints: dict[tuple[str, str], list[model.Endpoints]] = {}
     slices: dict[tuple[str, str], list[model.EndpointSlice]] = {}
@@ -650,7 +676,11 @@ def translate(
     meshed: dict[tuple[str, str], MeshService] = {}
     for key in sorted(services):
         svc, service_diags = mesh_service(
-            services[key], endpoints.get(key, []), nodes, slices=slices.get(key, [])
+            services[key],
+            endpoints.get(key, []),
+            nodes,
+            slices=slices.get(key, []),
+            weights=weights,
         )
         diags[""].extend(service_diags)
         if svc is not None:

@@ -261,3 +261,45 @@ def test_new_service_becomes_reachable_and_deleted_one_disappears(lab: dict[str,
         lambda: _client(checkout, "tcp", f"{fresh_ip}:8891", "--timeout", "1")["failed"],
         "the deleted service's listener to go",
     )
+
+
+def test_draining_a_cluster_moves_its_traffic_to_the_other(lab: dict[str, Any]) -> None:
+    """``navigator weight west 0`` (a cluster upgrade): west sidecars reach east's pods."""
+    pods = {p["pod"]: p["ip"] for p in lab["processes"] if p["role"] == "backend"}
+    core = kubernetes.client.CoreV1Api(_api(lab, "east"))
+    east_item = {
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {"name": "item", "namespace": "shop"},
+        "subsets": [
+            {
+                "addresses": [{"ip": pods["item-east-0"], "targetRef": {"name": "item-east-0"}}],
+                "ports": [{"name": "http", "port": 8080}],
+            }
+        ],
+    }
+    try:
+        core.replace_namespaced_endpoints("item", "shop", east_item)
+    except kubernetes.client.ApiException:
+        core.create_namespaced_endpoints("shop", east_item)
+    checkout = _sidecar(lab, "checkout", "west")
+    url = f"http://{_ip(lab, 'item', 'west')}:8890/"
+    west_pods = {"item-west-0", "item-west-1"}
+    _eventually(lambda: set(_pods_hit(checkout, url, 10)) <= west_pods, "west pods first")
+
+    def weight(*args: str) -> None:
+        subprocess.run(
+            [sys.executable, "-m", "navigator", "weight", "--etcd", lab["etcd"][0], *args],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+
+    weight("west", "0")
+    try:
+        _eventually(
+            lambda: set(_pods_hit(checkout, url, 20)) == {"item-east-0"}, "traffic to leave west"
+        )
+    finally:
+        weight("west", "--reset")
+    _eventually(lambda: set(_pods_hit(checkout, url, 20)) == west_pods, "traffic back to west")

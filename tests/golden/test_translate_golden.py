@@ -63,7 +63,8 @@ def test_golden(path: Path, update_golden: bool) -> None:
     case = yaml.safe_load(path.read_text())
     objects = _objects(case["input"]["objects"])
     clusters = [model.ClusterName(c) for c in case["input"]["clusters"]]
-    got = render(translate.translate(objects, clusters))
+    weights = {model.ClusterName(c): w for c, w in case["input"].get("weights", {}).items()}
+    got = render(translate.translate(objects, clusters, weights=weights))
     if update_golden:
         case["output"] = got
         path.write_text(yaml.safe_dump(case, sort_keys=False, width=100))

@@ -453,3 +453,42 @@ async def test_zone_changes_recompute_every_service_and_drop_stale_variants(
         )
         await step(tr, put=(zoned,))
         assert await etcd.get(keys.eds_key("shop/cart:8890", "r2-b")) is not None
+
+
+async def test_cluster_weight_drains_and_restores_a_cluster(etcd: etcd_mod.Etcd) -> None:
+    objs: list[model.Object] = [
+        _service(EAST, "127.31.0.10"),
+        _service(WEST, "127.32.0.10"),
+        NEXUS,
+        _endpoints(EAST, "127.21.0.5"),
+        _endpoints(WEST, "127.22.0.5"),
+    ]
+    await _put(etcd, *objs)
+    await etcd.apply(puts={keys.synced_key(EAST): b"{}", keys.synced_key(WEST): b"{}"})
+    eds = keys.eds_key("shop/item:8890")
+
+    async def endpoints_now() -> set[str]:
+        kv = await etcd.get(eds)
+        assert kv is not None
+        doc = snapshot.resource_to_dict(snapshot.ENDPOINT, kv.value)
+        return {
+            lb["endpoint"]["address"]["socket_address"]["address"]
+            for group in doc.get("endpoints", [])
+            for lb in group["lb_endpoints"]
+        }
+
+    async with runner.running(etcd, debounce=0.0) as tr:
+        await asyncio.wait_for(tr.published.wait(), 10)
+        assert await endpoints_now() == {"127.21.0.5", "127.22.0.5"}
+
+        gen = tr.generation
+        await etcd.put(keys.cluster_weight_key(WEST), model.encode_weight(0))
+        await _flushed_until(tr, lambda: tr.generation > gen)
+        assert await endpoints_now() == {"127.21.0.5"}
+        full = translate.translate(objs, [EAST, WEST], weights={WEST: 0})
+        assert (await etcd.get(eds)).value == full.endpoints[("shop/item:8890", "_default")]  # type: ignore[union-attr]
+
+        gen = tr.generation
+        await etcd.delete(keys.cluster_weight_key(WEST))
+        await _flushed_until(tr, lambda: tr.generation > gen)
+        assert await endpoints_now() == {"127.21.0.5", "127.22.0.5"}
