@@ -27,7 +27,7 @@ import prometheus_client
 
 from coordinator import etcd as etcd_mod
 from navigator import keys, model, runtime, snapshot
-from shards import translate
+from shards import canary, translate
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,9 @@ class Translator:
         self._slices: dict[ServiceKey, dict[SliceId, model.EndpointSlice]] = {}
         self._nodes: dict[tuple[model.ClusterName, str], model.Node] = {}
         self._nexuses: dict[model.AppName, dict[str, model.Nexus]] = {}
+        self._releases: dict[str, model.CanaryRelease] = {}
+        self._canaries: dict[ServiceKey, canary.Canary] = {}
+        self._canary_diags: list[translate.Diagnostic] = []
 
         self._resources: dict[ServiceKey, translate.ServiceResources] = {}
         self._service_diags: dict[ServiceKey, list[translate.Diagnostic]] = {}
@@ -204,6 +207,8 @@ class Translator:
             self._zone_pairs[(obj.region, obj.zone)] += 1
         elif isinstance(obj, model.Nexus):
             self._nexuses.setdefault(obj.app_name, {})[keys.state_key(obj)] = obj
+        elif isinstance(obj, model.CanaryRelease):
+            self._releases[keys.state_key(obj)] = obj
 
     def _unindex(self, obj: model.Object) -> None:
         self._touch(obj)
@@ -225,6 +230,8 @@ class Translator:
                 del self._zone_pairs[(obj.region, obj.zone)]
         elif isinstance(obj, model.Nexus):
             _pop_nested(self._nexuses, obj.app_name, keys.state_key(obj))
+        elif isinstance(obj, model.CanaryRelease):
+            self._releases.pop(keys.state_key(obj), None)
 
     def _touch(self, obj: model.Object) -> None:
         if isinstance(obj, model.Service):
@@ -300,11 +307,34 @@ class Translator:
             self._zones = zones
             regenerate |= set(self._mesh)
 
+        # NOTE: canaries are resolved again on every flush (they are few, and their validity
+        # depends on the ports of their backends); a service whose canary changed is
+        # regenerated, and its callers re-resolve what they see when its backends changed.
+        canaries, canary_diags = canary.resolve(
+            self._releases.values(),
+            {key: {p.port for p in svc.ports} for key, svc in self._mesh.items()},
+        )
+        if canary_diags != self._canary_diags:
+            self._canary_diags = canary_diags
+            self._mesh_diags_dirty = True
+        for skey in set(canaries) | set(self._canaries):
+            before, after = self._canaries.get(skey), canaries.get(skey)
+            if before == after:
+                continue
+            regenerate.add(skey)
+            if (canary.backend_services(before) if before else ()) != (
+                canary.backend_services(after) if after else ()
+            ):
+                dirty_apps |= self._service_apps.get(skey, set())
+        self._canaries = canaries
+
         for skey in sorted(regenerate):
             old = self._resources.get(skey)
             mesh = self._mesh.get(skey)
             new = (
-                translate.service_resources(mesh, self.options, zones=zones)
+                translate.service_resources(
+                    mesh, self.options, zones=zones, split=self._canaries.get(skey)
+                )
                 if mesh is not None
                 else None
             )
@@ -352,6 +382,8 @@ class Translator:
                 continue
             nexuses = self._nexuses[app].values()
             wanted, diags = translate.app_services(nexuses, by_ns)
+            # NOTE: a caller of a canaried service needs its backends' clusters and endpoints.
+            wanted = canary.with_backends(wanted, self._canaries)
             self._app_wanted[app] = wanted
             self._app_diags[app] = diags
             for skey in wanted:
@@ -387,7 +419,11 @@ class Translator:
         self._published_clusters = clusters
 
         if self._mesh_diags_dirty:
-            every = [d for ds in self._service_diags.values() for d in ds] + self._zone_diags
+            every = (
+                [d for ds in self._service_diags.values() for d in ds]
+                + self._zone_diags
+                + self._canary_diags
+            )
             self._diagnostics_of(keys.MESH_DIAGNOSTICS, every, puts, deletes)
             self._mesh_diags_dirty = False
             DIAGNOSTICS.clear()

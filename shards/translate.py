@@ -42,7 +42,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 
 from navigator import keys, model, snapshot
-from shards import policy
+from shards import canary, policy
 
 OVERPROVISIONING_FACTOR = 140
 """Envoy's default, stated explicitly: the spill-over table of the design depends on it."""
@@ -453,8 +453,11 @@ def _address(ip: str, port: int) -> address_pb2.Address:
     )
 
 
-def listener(port: MeshPort, cluster_ip: str, options: Options) -> listener_pb2.Listener:
-    """A listener on the Service's ClusterIP:port in the sidecar's own cluster."""
+def listener(
+    port: MeshPort, cluster_ip: str, options: Options, *, split: canary.Canary | None = None
+) -> listener_pb2.Listener:
+    """A listener on the Service's ClusterIP:port in the sidecar's own cluster; an L4 port of
+    a canaried service splits its connections (``split``)."""
     stat = f"{port.namespace}.{port.service}.{port.port}"
     if port.protocol.is_http:
         hcm = hcm_pb2.HttpConnectionManager(
@@ -472,8 +475,12 @@ def listener(port: MeshPort, cluster_ip: str, options: Options) -> listener_pb2.
             name="envoy.filters.network.http_connection_manager", typed_config=_any(hcm)
         )
     else:
-        tcp = policy.apply_tcp_proxy(
-            tcp_proxy_pb2.TcpProxy(stat_prefix=stat, cluster=port.envoy_name), port.pol
+        tcp = canary.apply_tcp_proxy(
+            policy.apply_tcp_proxy(
+                tcp_proxy_pb2.TcpProxy(stat_prefix=stat, cluster=port.envoy_name), port.pol
+            ),
+            split,
+            port.port,
         )
         filt = listener_components_pb2.Filter(
             name="envoy.filters.network.tcp_proxy", typed_config=_any(tcp)
@@ -489,7 +496,9 @@ def listener(port: MeshPort, cluster_ip: str, options: Options) -> listener_pb2.
     return out
 
 
-def route(port: MeshPort) -> route_pb2.RouteConfiguration:
+def route(port: MeshPort, *, split: canary.Canary | None = None) -> route_pb2.RouteConfiguration:
+    """The route of an HTTP port: to its own Envoy cluster, or split across the backends of
+    its canary release (``split``)."""
     return route_pb2.RouteConfiguration(
         name=port.envoy_name,
         virtual_hosts=[
@@ -499,8 +508,13 @@ def route(port: MeshPort) -> route_pb2.RouteConfiguration:
                 routes=[
                     route_components_pb2.Route(
                         match=route_components_pb2.RouteMatch(prefix="/"),
-                        route=policy.apply_route(
-                            route_components_pb2.RouteAction(cluster=port.envoy_name), port.pol
+                        route=canary.apply_route(
+                            policy.apply_route(
+                                route_components_pb2.RouteAction(cluster=port.envoy_name),
+                                port.pol,
+                            ),
+                            split,
+                            port.port,
                         ),
                     )
                 ],
@@ -529,20 +543,30 @@ class ServiceResources:
 
 
 def service_resources(
-    svc: MeshService, options: Options, *, zones: Sequence[Zone] = ()
+    svc: MeshService,
+    options: Options,
+    *,
+    zones: Sequence[Zone] = (),
+    split: canary.Canary | None = None,
 ) -> ServiceResources:
-    """The resources of a service; endpoint assignments for ``_default`` and every zone."""
+    """The resources of a service; endpoint assignments for ``_default`` and every zone.
+
+    ``split``: the service's canary release (``canary.resolve``), which its routes and L4
+    listeners apply.
+    """
     listeners: dict[model.ClusterName, list[snapshot.Resource]] = {}
     for port in svc.ports:
         for k8s, ip in sorted(port.cluster_ips.items()):
             listeners.setdefault(k8s, []).append(
-                _resource(port.envoy_name, listener(port, ip, options))
+                _resource(port.envoy_name, listener(port, ip, options, split=split))
             )
     return ServiceResources(
         namespace=svc.namespace,
         name=svc.name,
         clusters=tuple(_resource(p.envoy_name, cluster(p)) for p in svc.ports),
-        routes=tuple(_resource(p.envoy_name, route(p)) for p in svc.ports if p.protocol.is_http),
+        routes=tuple(
+            _resource(p.envoy_name, route(p, split=split)) for p in svc.ports if p.protocol.is_http
+        ),
         listeners={k: tuple(v) for k, v in listeners.items()},
         endpoints={p.envoy_name: _variants(p, zones) for p in svc.ports},
     )
@@ -660,6 +684,7 @@ def translate(
     slices: dict[tuple[str, str], list[model.EndpointSlice]] = {}
     nodes: dict[tuple[model.ClusterName, str], model.Node] = {}
     nexuses: dict[model.AppName, list[model.Nexus]] = {}
+    releases: list[model.CanaryRelease] = []
     for obj in objects:
         if isinstance(obj, model.Service):
             services.setdefault((obj.namespace, obj.name), []).append(obj)
@@ -671,6 +696,8 @@ def translate(
             nodes[(obj.cluster, obj.name)] = obj
         elif isinstance(obj, model.Nexus):
             nexuses.setdefault(obj.app_name, []).append(obj)
+        elif isinstance(obj, model.CanaryRelease):
+            releases.append(obj)
 
     diags: dict[str, list[Diagnostic]] = {"": []}
     meshed: dict[tuple[str, str], MeshService] = {}
@@ -690,8 +717,12 @@ def translate(
         pairs |= zones_of(svc)
     zones, zone_diags = mesh_zones(pairs)
     diags[""].extend(zone_diags)
+    canaries, canary_diags = canary.resolve(
+        releases, {key: {p.port for p in svc.ports} for key, svc in meshed.items()}
+    )
+    diags[""].extend(canary_diags)
     resources = {
-        key: service_resources(svc, options or Options(), zones=zones)
+        key: service_resources(svc, options or Options(), zones=zones, split=canaries.get(key))
         for key, svc in meshed.items()
     }
 
@@ -706,6 +737,8 @@ def translate(
             all_endpoints.update({(name, v): body for v, body in variants.items()})
     for app in sorted(nexuses):
         wanted, app_diags = app_services(nexuses[app], by_ns)
+        # NOTE: a caller of a canaried service needs its backends' clusters and endpoints.
+        wanted = canary.with_backends(wanted, canaries)
         diags[app] = app_diags
         visible = [resources[k] for k in wanted if k in resources]
         for k8s in sorted(set(clusters)):

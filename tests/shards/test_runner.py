@@ -492,3 +492,67 @@ async def test_cluster_weight_drains_and_restores_a_cluster(etcd: etcd_mod.Etcd)
         await etcd.delete(keys.cluster_weight_key(WEST))
         await _flushed_until(tr, lambda: tr.generation > gen)
         assert await endpoints_now() == {"127.21.0.5", "127.22.0.5"}
+
+
+async def test_incremental_runner_agrees_with_full_translation_with_canaries(
+    etcd: etcd_mod.Etcd,
+) -> None:
+    item_canary = dataclasses.replace(_service(EAST, "127.31.0.11"), name="item-canary")
+    canary_eps = dataclasses.replace(_endpoints(EAST, "127.21.0.6"), name="item-canary")
+
+    def release(cluster: model.ClusterName, *weights: int) -> model.CanaryRelease:
+        return model.CanaryRelease(
+            cluster=cluster,
+            namespace="shop",
+            name="item",
+            backends=(
+                model.CanaryBackend("shop", "item", weights[0]),
+                model.CanaryBackend("shop", "item-canary", weights[1]),
+            ),
+        )
+
+    objs: dict[str, model.Object] = {}
+    clusters = [EAST, WEST]
+
+    async def step(
+        tr: runner.Translator, *new: model.Object, gone: model.Object | None = None
+    ) -> None:
+        gen = tr.generation
+        objs.update({keys.state_key(o): o for o in new})
+        deletes: list[str] = []
+        if gone is not None:
+            del objs[keys.state_key(gone)]
+            deletes.append(keys.state_key(gone))
+        await etcd.apply(puts={keys.state_key(o): model.encode(o) for o in new}, deletes=deletes)
+        await _flushed_until(tr, lambda: tr.generation > gen)
+        await _assert_agrees_with_full_translation(etcd, objs, clusters)
+
+    base = [
+        _service(EAST, "127.31.0.10"),
+        _service(WEST, "127.32.0.10"),
+        NEXUS,
+        _endpoints(EAST, "127.21.0.5"),
+        item_canary,
+        canary_eps,
+    ]
+    objs.update({keys.state_key(o): o for o in base})
+    await _put(etcd, *base)
+    await etcd.apply(puts={keys.synced_key(EAST): b"{}", keys.synced_key(WEST): b"{}"})
+    async with runner.running(etcd, debounce=0.0) as tr:
+        await asyncio.wait_for(tr.published.wait(), 10)
+        await _assert_agrees_with_full_translation(etcd, objs, clusters)
+        snap = await etcd.get(keys.app_snapshot_key(model.AppName("web"), EAST))
+        assert snap is not None and b"item-canary" not in snap.value
+        await step(tr, release(EAST, 90, 10))
+        snap = await etcd.get(keys.app_snapshot_key(model.AppName("web"), EAST))
+        assert snap is not None and b"item-canary" in snap.value
+        await step(tr, release(WEST, 90, 10))
+        await step(tr, release(EAST, 50, 50))  # conflict: east wins
+        await step(tr, release(EAST, 50, 60))  # invalid: plain route
+        await step(tr, release(EAST, 30, 70), release(WEST, 30, 70))
+        await step(tr, gone=item_canary)  # unknown backend: plain route
+        await step(tr, item_canary)
+        await step(tr, gone=release(EAST, 30, 70))
+        await step(tr, gone=release(WEST, 30, 70))
+        snap = await etcd.get(keys.app_snapshot_key(model.AppName("web"), EAST))
+        assert snap is not None and b"item-canary" not in snap.value
