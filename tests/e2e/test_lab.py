@@ -303,3 +303,34 @@ def test_draining_a_cluster_moves_its_traffic_to_the_other(lab: dict[str, Any]) 
     finally:
         weight("west", "--reset")
     _eventually(lambda: set(_pods_hit(checkout, url, 20)) == west_pods, "traffic back to west")
+
+
+def test_a_sidecar_holds_only_its_nexus_services(lab: dict[str, Any]) -> None:
+    """web's Nexus names shop/item and shop/echo; checkout's selects all of shop."""
+    core = kubernetes.client.CoreV1Api(_api(lab, "west"))
+    core.create_namespaced_service(
+        "shop",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "cart", "namespace": "shop"},
+            "spec": {"ports": [{"name": "http", "port": 8892, "targetPort": 8080}]},
+        },
+    )
+
+    def clusters_of(sidecar: dict[str, Any]) -> set[str]:
+        with urllib.request.urlopen(sidecar["admin"] + "/config_dump", timeout=5) as resp:
+            dump = json.loads(resp.read())
+        names: set[str] = set()
+        for config in dump["configs"]:
+            for key in ("dynamic_active_clusters", "dynamic_warming_clusters"):
+                names |= {c["cluster"]["name"] for c in config.get(key, [])}
+        return names - {"navigator-xds"}
+
+    checkout = _sidecar(lab, "checkout", "west")
+    _eventually(lambda: "shop/cart:8892" in clusters_of(checkout), "cart in checkout's config")
+    try:
+        for web in [s for s in lab["sidecars"] if s["app"] == "web"]:
+            assert clusters_of(web) == {"shop/item:8890", "shop/echo:7000"}, web["node_id"]
+    finally:
+        core.delete_namespaced_service("cart", "shop")
