@@ -35,6 +35,10 @@ CONFIG = ROOT + "config/"
 CLUSTER_WEIGHTS = CONFIG + "cluster-weights/"
 
 CLUSTER_SCOPED = "_"
+DEFAULT_APP = model.AppName("_default")
+"""The snapshot a sidecar gets when its app has none (no Nexus): its health listener only.
+``_`` cannot start an app name."""
+
 DEFAULT_VARIANT = "_default"
 """The endpoint variant a sidecar gets when none was computed for its locality."""
 

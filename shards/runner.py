@@ -392,7 +392,7 @@ class Translator:
                 self._app_namespaces.setdefault(ns, set()).add(app)
             visible = [self._resources[k] for k in wanted if k in self._resources]
             for k8s in sorted(clusters):
-                body = snapshot.encode_app(translate.app_snapshot(app, k8s, visible))
+                body = snapshot.encode_app(translate.app_snapshot(app, k8s, visible, self.options))
                 key = keys.app_snapshot_key(app, k8s)
                 if self._written.get(key) != body:
                     puts[key] = body
@@ -403,6 +403,15 @@ class Translator:
         if self._all_apps_dirty:
             # NOTE: after a restart or a change of clusters, drop what no app or service owns.
             live_apps = {keys.app_snapshot_key(a, k) for a in self._app_wanted for k in clusters}
+            # NOTE: what sidecars of an app without a snapshot get (their health listener).
+            for k8s in sorted(clusters):
+                key = keys.app_snapshot_key(keys.DEFAULT_APP, k8s)
+                live_apps.add(key)
+                body = snapshot.encode_app(
+                    translate.app_snapshot(keys.DEFAULT_APP, k8s, [], self.options)
+                )
+                if self._written.get(key) != body:
+                    puts[key] = body
             live_eds = {keys.eds_key(*n) for names in self._eds_names.values() for n in names}
             live_diags = {keys.diagnostics_key(a) for a in self._app_diags} | {
                 keys.MESH_DIAGNOSTICS
@@ -613,6 +622,12 @@ def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
         action="store_true",
         help="listeners do not bind (sidecars behind an iptables redirect)",
     )
+    parser.add_argument(
+        "--health-port",
+        type=int,
+        default=translate.HEALTH_PORT,
+        help="port of every sidecar's /healthz listener, 0 for none (default %(default)s)",
+    )
     parser.add_argument("--debounce", type=float, default=0.02, help="seconds to coalesce changes")
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(list(argv) if argv is not None else None)
@@ -629,7 +644,9 @@ def main(argv: Iterable[str] | None = None) -> int:
 
     async def amain(stop: asyncio.Event) -> int:
         health = runtime.Health()
-        options = translate.Options(bind_to_port=not args.no_bind_to_port)
+        options = translate.Options(
+            bind_to_port=not args.no_bind_to_port, health_port=args.health_port
+        )
         async with (
             etcd_mod.Etcd(endpoints) as client,
             runtime.http_server(args.http, health) as addr,

@@ -44,6 +44,9 @@ from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 from navigator import keys, model, snapshot
 from shards import canary, policy
 
+HEALTH_PORT = 15021
+HEALTH_LISTENER = "navigator-health"
+
 OVERPROVISIONING_FACTOR = 140
 """Envoy's default, stated explicitly: the spill-over table of the design depends on it."""
 
@@ -74,6 +77,8 @@ class Options:
     bind_to_port: bool = True
     """True where the sidecar binds ClusterIP:port itself (the lab's pod network namespaces);
     False behind an iptables redirect to a virtual outbound listener (a real cluster)."""
+    health_port: int = HEALTH_PORT
+    """The sidecar's health listener (``/healthz``); 0: none."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, order=True)
@@ -618,15 +623,64 @@ def app_services(
     return sorted(wanted), sorted(set(diags))
 
 
+def health_listener(port: int) -> listener_pb2.Listener:
+    """The sidecar's ``/healthz``: it exists only once the sidecar has its listeners from the
+    control plane, so a probe on it fails until the whole configuration path has worked."""
+    hcm = hcm_pb2.HttpConnectionManager(
+        stat_prefix="navigator_health",
+        route_config=route_pb2.RouteConfiguration(
+            name=HEALTH_LISTENER,
+            virtual_hosts=[
+                route_components_pb2.VirtualHost(
+                    name=HEALTH_LISTENER,
+                    domains=["*"],
+                    routes=[
+                        route_components_pb2.Route(
+                            match=route_components_pb2.RouteMatch(path="/healthz"),
+                            direct_response=route_components_pb2.DirectResponseAction(
+                                status=200, body=base_pb2.DataSource(inline_string="ok\n")
+                            ),
+                        )
+                    ],
+                )
+            ],
+        ),
+        http_filters=[
+            hcm_pb2.HttpFilter(
+                name="envoy.filters.http.router", typed_config=_any(router_pb2.Router())
+            )
+        ],
+    )
+    return listener_pb2.Listener(
+        name=HEALTH_LISTENER,
+        address=_address("0.0.0.0", port),
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                filters=[
+                    listener_components_pb2.Filter(
+                        name="envoy.filters.network.http_connection_manager",
+                        typed_config=_any(hcm),
+                    )
+                ]
+            )
+        ],
+        traffic_direction=base_pb2.INBOUND,
+    )
+
+
 def app_snapshot(
     app: model.AppName,
     k8s_cluster: model.ClusterName,
     services: Iterable[ServiceResources],
+    options: Options | None = None,
 ) -> snapshot.AppSnapshot:
     """An app's resources for its sidecars in ``k8s_cluster``."""
+    options = options or Options()
     clusters: list[snapshot.Resource] = []
     routes: list[snapshot.Resource] = []
     listeners: list[snapshot.Resource] = []
+    if options.health_port:
+        listeners.append(_resource(HEALTH_LISTENER, health_listener(options.health_port)))
     endpoints: list[str] = []
     for res in services:
         clusters.extend(res.clusters)
@@ -742,7 +796,9 @@ def translate(
         diags[app] = app_diags
         visible = [resources[k] for k in wanted if k in resources]
         for k8s in sorted(set(clusters)):
-            apps[(app, k8s)] = app_snapshot(app, k8s, visible)
+            apps[(app, k8s)] = app_snapshot(app, k8s, visible, options)
+    for k8s in sorted(set(clusters)):
+        apps[(keys.DEFAULT_APP, k8s)] = app_snapshot(keys.DEFAULT_APP, k8s, [], options)
     return Result(
         apps=apps,
         endpoints=all_endpoints,

@@ -38,6 +38,16 @@ def http(url: str, count: int, timeout: float) -> dict[str, object]:
     return {"pods": dict(pods), "failed": failed, "errors": errors}
 
 
+def get(url: str, timeout: float) -> dict[str, object]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return {"status": resp.status, "body": resp.read().decode(errors="replace")}
+    except urllib.error.HTTPError as exc:
+        return {"status": exc.code, "body": ""}
+    except (urllib.error.URLError, OSError) as exc:
+        return {"status": 0, "body": "", "error": f"{type(exc).__name__}: {exc}"}
+
+
 def tcp(address: str, payload: bytes, timeout: float) -> dict[str, object]:
     host, _, port = address.rpartition(":")
     try:
@@ -60,14 +70,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_http = sub.add_parser("http", help="GET a URL COUNT times; count answers per pod")
     p_http.add_argument("url")
     p_http.add_argument("--count", type=int, default=1)
+    p_get = sub.add_parser("get", help="GET a URL once; its status and body")
+    p_get.add_argument("url")
     p_tcp = sub.add_parser("tcp", help="send bytes to HOST:PORT, read the echo")
     p_tcp.add_argument("address")
     p_tcp.add_argument("--send", default="hello\n")
-    for p in (p_http, p_tcp):
+    for p in (p_http, p_get, p_tcp):
         p.add_argument("--timeout", type=float, default=2.0)
     args = parser.parse_args(argv)
     if args.mode == "http":
         result = http(args.url, args.count, args.timeout)
+    elif args.mode == "get":
+        result = get(args.url, args.timeout)
     else:
         result = tcp(args.address, args.send.encode(), args.timeout)
     print(json.dumps(result), flush=True)

@@ -159,7 +159,8 @@ def build(
     """The content of a response for ``node``: (version, resources); None = not known yet."""
     if not source.loaded:
         return None
-    entry = source.app(node.app, node.k8s_cluster)
+    # NOTE: an app without a snapshot (no Nexus) gets the default one: its health listener.
+    entry = source.app(node.app, node.k8s_cluster) or source.app(keys.DEFAULT_APP, node.k8s_cluster)
     items: list[cache_mod.Encoded] = []
     if entry is not None:
         if type_url in WILDCARD_TYPES:
@@ -210,7 +211,10 @@ class _Stream:
         self._update_keys()
 
     def _update_keys(self) -> None:
-        deps = {self._app_key}
+        deps = {
+            self._app_key,
+            keys.app_snapshot_key(keys.DEFAULT_APP, model.ClusterName(self.node.k8s_cluster)),
+        }
         eds = self.types.get(snapshot.ENDPOINT)
         if eds is not None:
             for name in eds.names:

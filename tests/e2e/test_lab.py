@@ -334,3 +334,15 @@ def test_a_sidecar_holds_only_its_nexus_services(lab: dict[str, Any]) -> None:
             assert clusters_of(web) == {"shop/item:8890", "shop/echo:7000"}, web["node_id"]
     finally:
         core.delete_namespaced_service("cart", "shop")
+
+
+def test_every_sidecar_answers_healthz_once_it_has_its_config(lab: dict[str, Any]) -> None:
+    """The health listener comes from the control plane, with the rest of the config."""
+    for sidecar in lab["sidecars"]:
+        got = _eventually(
+            lambda s=sidecar: (
+                (r := _client(s, "get", "http://127.0.0.1:15021/healthz"))["status"] == 200 and r
+            ),
+            f"{sidecar['node_id']} /healthz",
+        )
+        assert got["body"] == "ok\n"

@@ -73,15 +73,18 @@ async def test_publishes_only_after_every_cluster_is_synced(etcd: etcd_mod.Etcd)
     assert set(listing.items) == {
         keys.app_snapshot_key(model.AppName("web"), EAST),
         keys.app_snapshot_key(model.AppName("web"), WEST),
+        keys.app_snapshot_key(keys.DEFAULT_APP, EAST),
+        keys.app_snapshot_key(keys.DEFAULT_APP, WEST),
         keys.eds_key("shop/item:8890"),
     }
     west_key = keys.app_snapshot_key(model.AppName("web"), WEST)
     west = snapshot.decode_app(listing.items[west_key].value)
-    lds = [
-        snapshot.resource_to_dict(snapshot.LISTENER, r.body)
+    lds = {
+        r.name: snapshot.resource_to_dict(snapshot.LISTENER, r.body)
         for r in west.resources[snapshot.LISTENER]
-    ]
-    assert lds[0]["address"]["socket_address"]["address"] == "127.32.0.10"
+    }
+    assert set(lds) == {"shop/item:8890", translate.HEALTH_LISTENER}
+    assert lds["shop/item:8890"]["address"]["socket_address"]["address"] == "127.32.0.10"
 
 
 async def test_endpoint_change_writes_one_key_and_restart_writes_none(etcd: etcd_mod.Etcd) -> None:
