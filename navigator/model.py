@@ -33,6 +33,7 @@ class Kind(enum.StrEnum):
     NEXUS = "nexuses"
     CANARY = "canaryreleases"
     GATEWAY = "gateways"
+    INGRESS = "ingresses"
 
 
 class ServiceType(enum.StrEnum):
@@ -170,7 +171,56 @@ class Gateway:
     port: int
 
 
-Object = Service | Endpoints | EndpointSlice | Node | Nexus | CanaryRelease | Gateway
+class PathType(enum.StrEnum):
+    """How an Ingress path matches. Kubernetes' ``ImplementationSpecific`` is stored as
+    ``Prefix`` (see ``navigator.watcher.convert``)."""
+
+    PREFIX = "Prefix"
+    EXACT = "Exact"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IngressPath:
+    """One path of an Ingress rule (or its default backend), with its backend.
+
+    The backend is a Service of the Ingress's own namespace and a port of it, by number or by
+    name (as ``spec.rules[].http.paths[].backend.service.port`` says).
+    """
+
+    path: str
+    """Starts with ``/``; a default backend has ``/``."""
+    path_type: PathType
+    service: str
+    """The backend Service (same namespace as the Ingress); empty for a resource backend."""
+    port: int | str
+    """The Service port: its number, or its name."""
+    resource: str = ""
+    """``<Kind>/<name>`` of a resource backend (``backend.resource``): the mesh cannot route
+    to it, so translation reports the path and skips it."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IngressRule:
+    host: str
+    """Empty: every host. May be a wildcard (``*.example.com``)."""
+    paths: tuple[IngressPath, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ingress:
+    """A ``networking.k8s.io/v1`` Ingress: served by the Gateways of its class."""
+
+    cluster: ClusterName
+    namespace: str
+    name: str
+    ingress_class: str
+    """``spec.ingressClassName``, else the ``kubernetes.io/ingress.class`` annotation; empty
+    when neither is set (no Gateway serves it)."""
+    rules: tuple[IngressRule, ...]
+    default_backend: IngressPath | None = None
+
+
+Object = Service | Endpoints | EndpointSlice | Node | Nexus | CanaryRelease | Gateway | Ingress
 
 KIND_OF: dict[type[Any], Kind] = {
     Service: Kind.SERVICE,
@@ -180,6 +230,7 @@ KIND_OF: dict[type[Any], Kind] = {
     Nexus: Kind.NEXUS,
     CanaryRelease: Kind.CANARY,
     Gateway: Kind.GATEWAY,
+    Ingress: Kind.INGRESS,
 }
 CLASS_OF: dict[Kind, type[Any]] = {kind: cls for cls, kind in KIND_OF.items()}
 
@@ -233,10 +284,13 @@ _NESTED: dict[str, type[Any]] = {
     "Endpoint": Endpoint,
     "ServiceRef": ServiceRef,
     "CanaryBackend": CanaryBackend,
+    "IngressRule": IngressRule,
+    "IngressPath": IngressPath,
 }
 _ENUMS: dict[str, type[enum.StrEnum]] = {
     "Protocol": Protocol,
     "ServiceType": ServiceType,
+    "PathType": PathType,
 }
 
 
@@ -245,6 +299,8 @@ def _field_types(cls: type[Any]) -> dict[str, str]:
 
 
 def _convert(type_name: str, value: Any) -> Any:
+    if type_name.endswith(" | None"):
+        return None if value is None else _convert(type_name[: -len(" | None")], value)
     if type_name.startswith("tuple[tuple[str, str]"):
         return tuple((str(k), str(v)) for k, v in value)
     if type_name.startswith("tuple["):

@@ -28,6 +28,16 @@ Decisions worth knowing:
 - An ``FQDN`` EndpointSlice is a ConversionError, as is any addressType other than IPv4 or
   IPv6: the mesh routes to pod IPs only, and the error keeps it visible (log, metric) rather
   than silently dropped. An address of the other IP family than the slice's is malformed.
+- An Ingress's class is ``spec.ingressClassName``, else the legacy annotation
+  ``kubernetes.io/ingress.class`` (the API server refuses both set at once); neither gives
+  ``""``, which no Gateway serves (IngressClass objects and their default class are not
+  read). ``pathType`` ``ImplementationSpecific`` (and a missing one) is ``Prefix``: the
+  Gateway's implementation is Envoy's path-separated prefix, the same element-wise match as
+  ``Prefix``. A missing path is ``/``; a path that does not start with ``/`` is malformed.
+  A backend names ``service.name`` and exactly one of ``port.number`` / ``port.name``.
+  A ``resource`` backend is kept (``IngressPath.resource``) rather than dropped or failing
+  the whole Ingress: it is valid Kubernetes that the mesh cannot route, and translation
+  reports it on the Gateway (``IngressUnsupportedBackend``) while the other paths are served.
 """
 
 from __future__ import annotations
@@ -78,6 +88,16 @@ _NAMESPACED = {
     model.Kind.NEXUS,
     model.Kind.CANARY,
     model.Kind.GATEWAY,
+    model.Kind.INGRESS,
+}
+
+INGRESS_CLASS_ANNOTATION = "kubernetes.io/ingress.class"
+"""The legacy way to give an Ingress its class, read when ``spec.ingressClassName`` is unset."""
+
+_PATH_TYPES = {
+    "Prefix": model.PathType.PREFIX,
+    "Exact": model.PathType.EXACT,
+    "ImplementationSpecific": model.PathType.PREFIX,
 }
 
 
@@ -498,6 +518,89 @@ def gateway(cluster: model.ClusterName, obj: Mapping[str, Any]) -> model.Gateway
     )
 
 
+def ingress(cluster: model.ClusterName, obj: Mapping[str, Any]) -> model.Ingress:
+    ident = identity(cluster, model.Kind.INGRESS, obj)
+    meta = _dict(obj.get("metadata"), "metadata")
+    annotations = _dict(meta.get("annotations"), "metadata.annotations", default={})
+    spec = _dict(obj.get("spec"), "spec")
+    ingress_class = _str(spec.get("ingressClassName"), "spec.ingressClassName", default="")
+    if not ingress_class:
+        ingress_class = _str(
+            annotations.get(INGRESS_CLASS_ANNOTATION),
+            f"metadata.annotations[{INGRESS_CLASS_ANNOTATION}]",
+            default="",
+        )
+    rules: list[model.IngressRule] = []
+    for i, raw_rule in enumerate(_list(spec.get("rules"), "spec.rules")):
+        path = f"spec.rules[{i}]"
+        rule = _dict(raw_rule, path)
+        host = _str(rule.get("host"), f"{path}.host", default="")
+        http = _dict(rule.get("http"), f"{path}.http", default={})
+        paths = tuple(
+            _ingress_path(_dict(raw, f"{path}.http.paths[{j}]"), f"{path}.http.paths[{j}]")
+            for j, raw in enumerate(_list(http.get("paths"), f"{path}.http.paths"))
+        )
+        rules.append(model.IngressRule(host=host.lower(), paths=paths))
+    default = None
+    if spec.get("defaultBackend") is not None:
+        default = _ingress_backend(
+            _dict(spec.get("defaultBackend"), "spec.defaultBackend"),
+            "spec.defaultBackend",
+            path="/",
+            path_type=model.PathType.PREFIX,
+        )
+    # NOTE: rules keep their order: on a host+path claimed twice in one Ingress the first wins.
+    return model.Ingress(
+        cluster=cluster,
+        namespace=ident.namespace,
+        name=ident.name,
+        ingress_class=ingress_class,
+        rules=tuple(rules),
+        default_backend=default,
+    )
+
+
+def _ingress_path(raw: dict[str, Any], path: str) -> model.IngressPath:
+    value = _str(raw.get("path"), f"{path}.path", default="/") or "/"
+    if not value.startswith("/"):
+        raise ConversionError(f"{path}.path: {value!r} does not start with /")
+    raw_type = _str(raw.get("pathType"), f"{path}.pathType", default="ImplementationSpecific")
+    path_type = _PATH_TYPES.get(raw_type)
+    if path_type is None:
+        raise ConversionError(f"{path}.pathType: unknown path type {raw_type!r}")
+    backend = _dict(raw.get("backend"), f"{path}.backend")
+    return _ingress_backend(backend, f"{path}.backend", path=value, path_type=path_type)
+
+
+def _ingress_backend(
+    backend: dict[str, Any], where: str, *, path: str, path_type: model.PathType
+) -> model.IngressPath:
+    has_service = backend.get("service") is not None
+    has_resource = backend.get("resource") is not None
+    if has_service == has_resource:
+        raise ConversionError(f"{where}: expected exactly one of service, resource")
+    if has_resource:
+        ref = _dict(backend.get("resource"), f"{where}.resource")
+        kind = _str(ref.get("kind"), f"{where}.resource.kind")
+        name = _str(ref.get("name"), f"{where}.resource.name")
+        return model.IngressPath(
+            path=path, path_type=path_type, service="", port=0, resource=f"{kind}/{name}"
+        )
+    svc = _dict(backend.get("service"), f"{where}.service")
+    name = _name(svc.get("name"), f"{where}.service.name")
+    port = _dict(svc.get("port"), f"{where}.service.port")
+    number, port_name = port.get("number"), port.get("name")
+    if (number is None) == (port_name is None):
+        raise ConversionError(f"{where}.service.port: expected exactly one of number, name")
+    if number is not None:
+        value: int | str = _port_number(number, f"{where}.service.port.number")
+    else:
+        value = _str(port_name, f"{where}.service.port.name")
+        if not value:
+            raise ConversionError(f"{where}.service.port.name: empty")
+    return model.IngressPath(path=path, path_type=path_type, service=name, port=value)
+
+
 CONVERTERS: dict[model.Kind, Callable[[model.ClusterName, Mapping[str, Any]], model.Object]] = {
     model.Kind.SERVICE: service,
     model.Kind.ENDPOINTS: endpoints,
@@ -506,4 +609,5 @@ CONVERTERS: dict[model.Kind, Callable[[model.ClusterName, Mapping[str, Any]], mo
     model.Kind.NEXUS: nexus,
     model.Kind.CANARY: canary_release,
     model.Kind.GATEWAY: gateway,
+    model.Kind.INGRESS: ingress,
 }

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 MESH_GROUP = "navigator.avito.ru"
 DISCOVERY_GROUP = "discovery.k8s.io"
+NETWORKING_GROUP = "networking.k8s.io"
 
 
 class KubeError(Exception):
@@ -98,8 +99,9 @@ class Resource:
 
     @property
     def optional(self) -> bool:
-        """The server may lack it: a mesh CRD, or EndpointSlices (``discovery.k8s.io``)."""
-        return self.custom or self.group == DISCOVERY_GROUP
+        """The server may lack it: a mesh CRD, EndpointSlices (``discovery.k8s.io``) or
+        Ingresses (``networking.k8s.io/v1``, served since Kubernetes 1.19)."""
+        return self.custom or self.group in (DISCOVERY_GROUP, NETWORKING_GROUP)
 
 
 RESOURCES: tuple[Resource, ...] = (
@@ -110,6 +112,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource(model.Kind.CANARY, MESH_GROUP, "v1", "canaryreleases"),
     Resource(model.Kind.NEXUS, MESH_GROUP, "v1", "nexuses"),
     Resource(model.Kind.GATEWAY, MESH_GROUP, "v1", "gateways"),
+    Resource(model.Kind.INGRESS, NETWORKING_GROUP, "v1", "ingresses"),
 )
 
 
