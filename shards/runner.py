@@ -27,7 +27,7 @@ import prometheus_client
 
 from coordinator import etcd as etcd_mod
 from navigator import keys, model, runtime, snapshot
-from shards import canary, translate
+from shards import canary, gateway, translate
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,15 @@ class Translator:
         self._nodes: dict[tuple[model.ClusterName, str], model.Node] = {}
         self._nexuses: dict[model.AppName, dict[str, model.Nexus]] = {}
         self._releases: dict[str, model.CanaryRelease] = {}
+        self._gateways: dict[str, model.Gateway] = {}
+        self._ingresses: dict[str, model.Ingress] = {}
+        self._gateways_dirty = True
+        self._gateway_apps: dict[model.AppName, gateway.GatewayResources] = {}
+        self._gateway_services: set[ServiceKey] = set()
+        """Services some gateway routes to: a change of what they offer rebuilds gateways."""
         self._canaries: dict[ServiceKey, canary.Canary] = {}
         self._canary_diags: list[translate.Diagnostic] = []
+        self._gateway_diags: list[translate.Diagnostic] = []
 
         self._resources: dict[ServiceKey, translate.ServiceResources] = {}
         self._service_diags: dict[ServiceKey, list[translate.Diagnostic]] = {}
@@ -209,6 +216,10 @@ class Translator:
             self._nexuses.setdefault(obj.app_name, {})[keys.state_key(obj)] = obj
         elif isinstance(obj, model.CanaryRelease):
             self._releases[keys.state_key(obj)] = obj
+        elif isinstance(obj, model.Gateway):
+            self._gateways[keys.state_key(obj)] = obj
+        elif isinstance(obj, model.Ingress):
+            self._ingresses[keys.state_key(obj)] = obj
 
     def _unindex(self, obj: model.Object) -> None:
         self._touch(obj)
@@ -232,6 +243,9 @@ class Translator:
             _pop_nested(self._nexuses, obj.app_name, keys.state_key(obj))
         elif isinstance(obj, model.CanaryRelease):
             self._releases.pop(keys.state_key(obj), None)
+        elif isinstance(obj, (model.Gateway, model.Ingress)):
+            self._gateways.pop(keys.state_key(obj), None)
+            self._ingresses.pop(keys.state_key(obj), None)
 
     def _touch(self, obj: model.Object) -> None:
         if isinstance(obj, model.Service):
@@ -249,6 +263,8 @@ class Translator:
             self._dirty_cluster(obj.cluster)
         elif isinstance(obj, model.Nexus):
             self._dirty_apps.add(obj.app_name)
+        elif isinstance(obj, (model.Gateway, model.Ingress)):
+            self._gateways_dirty = True
 
     # --- output --------------------------------------------------------------------
 
@@ -359,6 +375,9 @@ class Translator:
                 self._eds_names.pop(skey, None)
             if _app_facing(old) != _app_facing(new):
                 dirty_apps |= self._service_apps.get(skey, set())
+                # NOTE: a service appearing may resolve an Ingress path that was skipped.
+                if skey in self._gateway_services or old is None or new is None:
+                    self._gateways_dirty = self._gateways_dirty or bool(self._gateways)
         self._dirty_services.clear()
 
         clusters = self.clusters()
@@ -400,9 +419,13 @@ class Translator:
                 deletes.add(keys.app_snapshot_key(app, k8s))
             self._diagnostics_of(keys.diagnostics_key(app), diags, puts, deletes)
 
+        if self._all_apps_dirty or self._gateways_dirty:
+            self._compute_gateways(clusters, puts, deletes)
+
         if self._all_apps_dirty:
             # NOTE: after a restart or a change of clusters, drop what no app or service owns.
             live_apps = {keys.app_snapshot_key(a, k) for a in self._app_wanted for k in clusters}
+            live_apps |= {keys.app_snapshot_key(a, k) for a in self._gateway_apps for k in clusters}
             # NOTE: what sidecars of an app without a snapshot get (their health listener).
             for k8s in sorted(clusters):
                 key = keys.app_snapshot_key(keys.DEFAULT_APP, k8s)
@@ -413,9 +436,9 @@ class Translator:
                 if self._written.get(key) != body:
                     puts[key] = body
             live_eds = {keys.eds_key(*n) for names in self._eds_names.values() for n in names}
-            live_diags = {keys.diagnostics_key(a) for a in self._app_diags} | {
-                keys.MESH_DIAGNOSTICS
-            }
+            live_diags = {
+                keys.diagnostics_key(a) for a in (*self._app_diags, *self._gateway_apps)
+            } | {keys.MESH_DIAGNOSTICS}
             deletes |= {
                 key
                 for key in self._written
@@ -432,6 +455,7 @@ class Translator:
                 [d for ds in self._service_diags.values() for d in ds]
                 + self._zone_diags
                 + self._canary_diags
+                + self._gateway_diags
             )
             self._diagnostics_of(keys.MESH_DIAGNOSTICS, every, puts, deletes)
             self._mesh_diags_dirty = False
@@ -440,6 +464,38 @@ class Translator:
                 DIAGNOSTICS.labels(reason=d.reason).inc()
         deletes = {k for k in deletes if k in self._written and k not in puts}
         return puts, deletes
+
+    def _compute_gateways(
+        self, clusters: set[model.ClusterName], puts: dict[str, bytes], deletes: set[str]
+    ) -> None:
+        """Every gateway's snapshot, rebuilt when a Gateway, an Ingress or a backend changed.
+
+        NOTE: gateways are few (one per ingress class and port), so all are rebuilt together;
+        unchanged bytes are not written.
+        """
+        resolved, diags = gateway.resolve(
+            self._gateways.values(), self._ingresses.values(), self._mesh
+        )
+        if diags.get("", []) != self._gateway_diags:
+            self._gateway_diags = diags.get("", [])
+            self._mesh_diags_dirty = True
+        for app in set(self._gateway_apps) - set(resolved):
+            deletes |= {keys.app_snapshot_key(app, k8s) for k8s in self._published_clusters}
+            deletes.add(keys.diagnostics_key(app))
+        self._gateway_services = set()
+        for app, res in resolved.items():
+            self._gateway_services.update(res.services)
+            backends = [self._resources[k] for k in res.services if k in self._resources]
+            for k8s in sorted(clusters):
+                body = snapshot.encode_app(gateway.gateway_snapshot(res, k8s, backends))
+                key = keys.app_snapshot_key(app, k8s)
+                if self._written.get(key) != body:
+                    puts[key] = body
+            for k8s in self._published_clusters - clusters:
+                deletes.add(keys.app_snapshot_key(app, k8s))
+            self._diagnostics_of(keys.diagnostics_key(app), diags.get(app, []), puts, deletes)
+        self._gateway_apps = resolved
+        self._gateways_dirty = False
 
     def _forget_app(self, app: model.AppName) -> None:
         for skey in self._app_wanted.pop(app, []):

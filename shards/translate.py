@@ -42,7 +42,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 
 from navigator import keys, model, snapshot
-from shards import canary, policy
+from shards import canary, gateway, policy
 
 HEALTH_PORT = 15021
 HEALTH_LISTENER = "navigator-health"
@@ -739,6 +739,8 @@ def translate(
     nodes: dict[tuple[model.ClusterName, str], model.Node] = {}
     nexuses: dict[model.AppName, list[model.Nexus]] = {}
     releases: list[model.CanaryRelease] = []
+    gateways: list[model.Gateway] = []
+    ingresses: list[model.Ingress] = []
     for obj in objects:
         if isinstance(obj, model.Service):
             services.setdefault((obj.namespace, obj.name), []).append(obj)
@@ -752,6 +754,10 @@ def translate(
             nexuses.setdefault(obj.app_name, []).append(obj)
         elif isinstance(obj, model.CanaryRelease):
             releases.append(obj)
+        elif isinstance(obj, model.Gateway):
+            gateways.append(obj)
+        elif isinstance(obj, model.Ingress):
+            ingresses.append(obj)
 
     diags: dict[str, list[Diagnostic]] = {"": []}
     meshed: dict[tuple[str, str], MeshService] = {}
@@ -799,6 +805,13 @@ def translate(
             apps[(app, k8s)] = app_snapshot(app, k8s, visible, options)
     for k8s in sorted(set(clusters)):
         apps[(keys.DEFAULT_APP, k8s)] = app_snapshot(keys.DEFAULT_APP, k8s, [], options)
+    gws, gw_diags = gateway.resolve(gateways, ingresses, meshed)
+    diags[""].extend(gw_diags.pop("", []))
+    for app, gw_res in gws.items():
+        diags[app] = gw_diags.get(app, [])
+        backends = [resources[k] for k in gw_res.services if k in resources]
+        for k8s in sorted(set(clusters)):
+            apps[(app, k8s)] = gateway.gateway_snapshot(gw_res, k8s, backends)
     return Result(
         apps=apps,
         endpoints=all_endpoints,

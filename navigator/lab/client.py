@@ -23,13 +23,14 @@ import urllib.request
 from collections.abc import Sequence
 
 
-def http(url: str, count: int, timeout: float) -> dict[str, object]:
+def http(url: str, count: int, timeout: float, host: str = "") -> dict[str, object]:
     pods: collections.Counter[str] = collections.Counter()
     errors: list[str] = []
     failed = 0
     for _ in range(count):
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
+            request = urllib.request.Request(url, headers={"Host": host} if host else {})
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
                 pods[str(json.loads(resp.read()).get("pod", "?"))] += 1
         except (urllib.error.URLError, OSError, ValueError) as exc:
             failed += 1
@@ -70,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_http = sub.add_parser("http", help="GET a URL COUNT times; count answers per pod")
     p_http.add_argument("url")
     p_http.add_argument("--count", type=int, default=1)
+    p_http.add_argument("--host", default="", help="the Host header (default: from the URL)")
     p_get = sub.add_parser("get", help="GET a URL once; its status and body")
     p_get.add_argument("url")
     p_tcp = sub.add_parser("tcp", help="send bytes to HOST:PORT, read the echo")
@@ -79,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--timeout", type=float, default=2.0)
     args = parser.parse_args(argv)
     if args.mode == "http":
-        result = http(args.url, args.count, args.timeout)
+        result = http(args.url, args.count, args.timeout, args.host)
     elif args.mode == "get":
         result = get(args.url, args.timeout)
     else:

@@ -83,11 +83,24 @@ class SidecarSpec:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class GatewaySpec:
+    namespace: str
+    name: str
+    cluster: str
+
+    @property
+    def app(self) -> str:
+        """The app of a gateway's Envoy, as the translator publishes it (``shards.gateway``)."""
+        return f"gateway:{self.namespace}:{self.name}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Topology:
     clusters: tuple[ClusterSpec, ...]
     sidecars: tuple[SidecarSpec, ...]
     manifests: dict[str, list[dict[str, Any]]]
     """Kubernetes objects per cluster, as loaded from ``examples/<cluster>/``."""
+    gateways: tuple[GatewaySpec, ...] = ()
 
 
 def load_topology(examples: Path) -> Topology:
@@ -96,6 +109,7 @@ def load_topology(examples: Path) -> Topology:
         raw = yaml.safe_load(path.read_text())
         clusters = tuple(ClusterSpec(**c) for c in raw["clusters"])
         sidecars = tuple(SidecarSpec(**s) for s in raw.get("sidecars", []))
+        gateways = tuple(GatewaySpec(**g) for g in raw.get("gateways", []))
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
         raise LabError(f"cannot read lab topology {path}: {exc}") from exc
     manifests: dict[str, list[dict[str, Any]]] = {}
@@ -111,7 +125,10 @@ def load_topology(examples: Path) -> Topology:
     for s in sidecars:
         if s.cluster not in names:
             raise LabError(f"sidecar {s.app} is in unknown cluster {s.cluster}")
-    return Topology(clusters=clusters, sidecars=sidecars, manifests=manifests)
+    for g in gateways:
+        if g.cluster not in names:
+            raise LabError(f"gateway {g.namespace}/{g.name} is in unknown cluster {g.cluster}")
+    return Topology(clusters=clusters, sidecars=sidecars, manifests=manifests, gateways=gateways)
 
 
 class AddressMap:
@@ -210,6 +227,7 @@ class Lab:
         self.etcd_url = ""
         self.kubeconfig = self.state_dir / "kubeconfig"
         self.sidecars: list[dict[str, Any]] = []
+        self.gateways: list[dict[str, Any]] = []
         self.xds_addresses: list[str] = []
         self.http = ""
         """The lab's own /healthz, /readyz and /metrics address."""
@@ -361,6 +379,7 @@ class Lab:
         )
         await self._wait_ready([p for p in self.procs if p.ready_url])
         self._start_sidecars(xds_port)
+        self._start_gateways(xds_port)
         await self._wait_sidecars()
         self._write_lab_json(api_urls)
 
@@ -462,6 +481,67 @@ class Lab:
                 }
             )
 
+    def _start_gateways(self, xds_port: int) -> None:
+        """One gateway Envoy per ``gateways`` entry, in a pod of its own (netns only)."""
+        if self.net is None:
+            for g in self.topology.gateways:
+                log.warning(
+                    "host network: not starting gateway (it would bind a port of the host); "
+                    "use --network netns",
+                    extra={"gateway": f"{g.namespace}/{g.name}"},
+                )
+            return
+        envoy = str(procs.envoy_binary())
+        clusters = {c.name: c for c in self.topology.clusters}
+        for i, g in enumerate(self.topology.gateways):
+            c = clusters[g.cluster]
+            spec = next(
+                (
+                    d.get("spec", {})
+                    for d in self.manifests[g.cluster]
+                    if d.get("kind") == "Gateway"
+                    and d["metadata"]["name"] == g.name
+                    and d["metadata"].get("namespace") == g.namespace
+                ),
+                None,
+            )
+            if spec is None:
+                raise LabError(f"no Gateway {g.namespace}/{g.name} in examples/{g.cluster}")
+            pod = self.net.add_pod(c.name, f"gw-{g.name}-{i}")
+            node_id = f"{g.cluster}-gw-{g.name}-{i}"
+            config = bootstrap.render(
+                node_id=node_id,
+                app=g.app,
+                cluster=g.cluster,
+                region=c.region,
+                zone=c.zone,
+                xds_host=self.node_ip(c),
+                xds_port=xds_port,
+                admin_address=pod.ip,
+                admin_port=ENVOY_ADMIN_PORT,
+            )
+            path = self.state_dir / f"envoy-{node_id}.json"
+            path.write_text(json.dumps(config, indent=2))
+            self._spawn(
+                "envoy",
+                f"envoy-{node_id}",
+                [*pod.exec_prefix, envoy, "-c", str(path), *ENVOY_FLAGS],
+                cluster=g.cluster,
+                extra={"app": g.app, "node_id": node_id},
+            )
+            self.gateways.append(
+                {
+                    "namespace": g.namespace,
+                    "name": g.name,
+                    "app": g.app,
+                    "cluster": g.cluster,
+                    "node_id": node_id,
+                    "address": f"{pod.ip}:{spec.get('port')}",
+                    "admin": f"http://{pod.ip}:{ENVOY_ADMIN_PORT}",
+                    "exec": pod.exec_prefix,
+                }
+            )
+
     async def _wait_ready(self, waiting: list[Proc], limit: float = 60.0) -> None:
         deadline = time.monotonic() + limit
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
@@ -487,7 +567,7 @@ class Lab:
         """Each sidecar is ready when its admin says LIVE and it has its listeners."""
         deadline = time.monotonic() + limit
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
-            for sidecar in self.sidecars:
+            for sidecar in self.sidecars + self.gateways:
                 while True:
                     proc = next(
                         p for p in self.procs if p.extra.get("node_id") == sidecar["node_id"]
@@ -549,6 +629,7 @@ class Lab:
             ],
             "services": [services[k] for k in sorted(services)],
             "sidecars": self.sidecars,
+            "gateways": self.gateways,
             "xds": self.xds_addresses,
             "processes": [p.describe() for p in self.procs],
             "logs": str(self.logs),
@@ -617,6 +698,12 @@ def instructions(lab: Lab) -> str:
                     lines.append(
                         f"  echo hello | {run}curl -s --max-time 1 telnet://{target}    # {what}"
                     )
+    for gw in lab.gateways:
+        run = " ".join(lab.sidecars[0]["exec"]) + " " if lab.sidecars else ""
+        lines.append(
+            f"  {run}curl -s -H 'Host: shop.example.com' http://{gw['address']}/    "
+            f"# through the gateway {gw['namespace']}/{gw['name']}"
+        )
     first = lab.topology.clusters[0].name
     lines += [
         f"  kubectl --context {first} get svc,ep,nexus -A",

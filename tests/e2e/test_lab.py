@@ -346,3 +346,23 @@ def test_every_sidecar_answers_healthz_once_it_has_its_config(lab: dict[str, Any
             f"{sidecar['node_id']} /healthz",
         )
         assert got["body"] == "ok\n"
+
+
+def test_an_ingress_routes_through_the_gateway_envoy(lab: dict[str, Any]) -> None:
+    if not lab["gateways"]:
+        pytest.skip("the host network runs no gateway")
+    gw = lab["gateways"][0]
+    web = _sidecar(lab, "web", "east")
+    url = f"http://{gw['address']}/"
+    hits = _eventually(
+        lambda: (
+            (h := _client(web, "http", url, "--count", "10", "--host", "shop.example.com"))["pods"]
+            and not h["failed"]
+            and h
+        ),
+        "shop.example.com through the gateway",
+    )
+    assert set(hits["pods"]) <= {"item-east-0", "item-east-1", "item-west-0", "item-west-1"}
+    # A host no Ingress names gets Envoy's 404, not a backend.
+    other = _client(web, "get", url)
+    assert other["status"] == 404, other

@@ -559,3 +559,56 @@ async def test_incremental_runner_agrees_with_full_translation_with_canaries(
         await step(tr, gone=release(WEST, 30, 70))
         snap = await etcd.get(keys.app_snapshot_key(model.AppName("web"), EAST))
         assert snap is not None and b"item-canary" not in snap.value
+
+
+async def test_incremental_runner_agrees_with_full_translation_with_gateways(
+    etcd: etcd_mod.Etcd,
+) -> None:
+    gw = model.Gateway(EAST, "edge", "public", "public", 8080)
+
+    def ingress(path: str, service: str = "item") -> model.Ingress:
+        return model.Ingress(
+            cluster=EAST,
+            namespace="shop",
+            name="shop",
+            ingress_class="public",
+            rules=(
+                model.IngressRule(
+                    host="shop.example.com",
+                    paths=(model.IngressPath(path, model.PathType.PREFIX, service, 8890),),
+                ),
+            ),
+        )
+
+    objs: dict[str, model.Object] = {}
+    clusters = [EAST]
+
+    async def step(
+        tr: runner.Translator, *new: model.Object, gone: model.Object | None = None
+    ) -> None:
+        gen = tr.generation
+        objs.update({keys.state_key(o): o for o in new})
+        deletes: list[str] = []
+        if gone is not None:
+            del objs[keys.state_key(gone)]
+            deletes.append(keys.state_key(gone))
+        await etcd.apply(puts={keys.state_key(o): model.encode(o) for o in new}, deletes=deletes)
+        await _flushed_until(tr, lambda: tr.generation > gen)
+        await _assert_agrees_with_full_translation(etcd, objs, clusters)
+
+    base: list[model.Object] = [_service(EAST, "127.31.0.10"), _endpoints(EAST, "127.21.0.5")]
+    objs.update({keys.state_key(o): o for o in base})
+    await _put(etcd, *base)
+    await etcd.put(keys.synced_key(EAST), b"{}")
+    gw_key = keys.app_snapshot_key(model.AppName("gateway:edge:public"), EAST)
+    async with runner.running(etcd, debounce=0.0) as tr:
+        await asyncio.wait_for(tr.published.wait(), 10)
+        await step(tr, gw)
+        await step(tr, ingress("/"))
+        assert await etcd.get(gw_key) is not None
+        await step(tr, ingress("/v2"))  # an Ingress changes
+        await step(tr, _endpoints(EAST, "127.21.0.5", "127.21.0.6"))  # endpoints only
+        await step(tr, gone=base[0])  # the backend service goes: reported, route skipped
+        await step(tr, base[0])
+        await step(tr, gone=gw)  # the Gateway goes: its snapshot goes
+        assert await etcd.get(gw_key) is None
