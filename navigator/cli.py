@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "xds": ("navigator.xds.server", "serve snapshots from etcd to Envoy sidecars over ADS"),
     "bootstrap": ("navigator.bootstrap", "print an Envoy bootstrap for a sidecar"),
     "weight": ("navigator.weights", "show or set a cluster's traffic weight (0 drains it)"),
+    "tracing": ("navigator.tracing", "show, set or turn off the mesh-wide tracing setting"),
     "kube-api": ("navigator.kubeapi.server", "run the local Kubernetes API server"),
 }
 

@@ -13,6 +13,7 @@ Layout (``<ns>`` is ``_`` for cluster-scoped objects)::
                                                         a shared ClusterLoadAssignment (protobuf)
     /navigator/v1/diagnostics/<app>                     what translation skipped for an app (JSON)
     /navigator/v1/config/cluster-weights/<cluster>      operator's weight for a cluster (JSON)
+    /navigator/v1/config/tracing                        mesh-wide tracing setting (JSON)
     /navigator/v1/diagnostics/_mesh                     ... and for services (any app)
 
 Cluster, app and object names are DNS labels or subdomains, so they never contain ``/``.
@@ -33,6 +34,8 @@ EDS_SNAPSHOTS = SNAPSHOTS + "eds/"
 DIAGNOSTICS = ROOT + "diagnostics/"
 CONFIG = ROOT + "config/"
 CLUSTER_WEIGHTS = CONFIG + "cluster-weights/"
+TRACING = CONFIG + "tracing"
+"""The mesh-wide tracing setting (``navigator.model.Tracing`` JSON); absent: no tracing."""
 
 CLUSTER_SCOPED = "_"
 DEFAULT_APP = model.AppName("_default")

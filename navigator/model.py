@@ -333,3 +333,57 @@ def decode_weight(data: bytes) -> int:
     if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= MAX_WEIGHT:
         raise DecodeError(f"a cluster weight is 0 to {MAX_WEIGHT}, got {weight!r}")
     return weight
+
+
+class TracingProvider(enum.StrEnum):
+    ZIPKIN = "zipkin"
+    OPENTELEMETRY = "opentelemetry"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Tracing:
+    """The mesh-wide tracing setting, applied to every HTTP connection manager."""
+
+    provider: TracingProvider
+    collector: str
+    """``host:port`` of the collector (Zipkin HTTP, or OpenTelemetry gRPC)."""
+    sampling: float = 1.0
+    """Percent of requests that start a trace (0 to 100)."""
+
+    @property
+    def host(self) -> str:
+        return self.collector.rpartition(":")[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.collector.rpartition(":")[2])
+
+
+def encode_tracing(tracing: Tracing) -> bytes:
+    """The value of ``navigator.keys.TRACING``; raises ValueError on a bad setting."""
+    checked = decode_tracing(
+        json.dumps(
+            {
+                "provider": str(tracing.provider),
+                "collector": tracing.collector,
+                "sampling": tracing.sampling,
+            }
+        ).encode()
+    )
+    return json.dumps(dataclasses.asdict(checked), sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode_tracing(data: bytes) -> Tracing:
+    try:
+        raw = json.loads(data)
+        provider = TracingProvider(raw["provider"])
+        collector = str(raw["collector"])
+        sampling = float(raw.get("sampling", 1.0))
+        host, sep, port = collector.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"collector {collector!r} is not host:port")
+        if not 0.0 <= sampling <= 100.0:
+            raise ValueError(f"sampling {sampling} is not a percentage")
+    except (ValueError, TypeError, KeyError) as exc:
+        raise DecodeError(f"bad tracing setting: {exc}") from exc
+    return Tracing(provider=provider, collector=collector, sampling=sampling)

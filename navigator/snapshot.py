@@ -131,6 +131,7 @@ def resource_to_dict(type_url: str, body: bytes) -> dict[str, Any]:
     from envoy.config.endpoint.v3 import endpoint_pb2  # noqa: F401
     from envoy.config.listener.v3 import listener_pb2  # noqa: F401
     from envoy.config.route.v3 import route_pb2  # noqa: F401
+    from envoy.config.trace.v3 import opentelemetry_pb2, zipkin_pb2  # noqa: F401
     from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
     from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
         http_connection_manager_pb2,

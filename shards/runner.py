@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -79,6 +80,8 @@ class Translator:
         self._clear_state()
 
     def _clear_state(self) -> None:
+        # NOTE: settings come back from the listing that follows; none survives a relist.
+        self.options = dataclasses.replace(self.options, tracing=None)
         self._objects: dict[str, model.Object] = {}
         self._weights: dict[model.ClusterName, int] = {}
         """The operator's cluster weights that differ from the default."""
@@ -135,6 +138,11 @@ class Translator:
         if key.startswith(keys.CLUSTER_WEIGHTS):
             self._apply_weight(key, value)
             return
+        if key == keys.TRACING:
+            self._apply_tracing(value)
+            return
+        if key.startswith(keys.CONFIG):
+            return  # NOTE: a setting of a newer version; ignored.
         if key.startswith(keys.SYNCED):
             cluster = keys.parse_synced_key(key)
             if value is None:
@@ -185,6 +193,22 @@ class Translator:
             self._weights[cluster] = weight
         log.info("cluster weight", extra={"cluster": cluster, "weight": weight})
         self._dirty_cluster(cluster)
+        self._changed.set()
+
+    def _apply_tracing(self, value: bytes | None) -> None:
+        try:
+            setting = None if value is None else model.decode_tracing(value)
+        except model.DecodeError as exc:
+            DECODE_ERRORS.inc()
+            log.error("ignoring a bad tracing setting", extra={"error": str(exc)})
+            return
+        if setting == self.options.tracing:
+            return
+        log.info("tracing", extra={"setting": str(setting)})
+        self.options = dataclasses.replace(self.options, tracing=setting)
+        # NOTE: every HTTP listener and every app carries it: all is rebuilt (a rare change).
+        self._dirty_services.update(self._services)
+        self._all_apps_dirty = True
         self._changed.set()
 
     def _dirty_cluster(self, cluster: model.ClusterName) -> None:
@@ -588,18 +612,18 @@ class Translator:
         self._written = {k: kv.value for k, kv in {**written.items, **diags.items}.items()}
         state = await self.etcd.get_prefix(keys.STATE)
         synced = await self.etcd.get_prefix(keys.SYNCED)
-        weights = await self.etcd.get_prefix(keys.CLUSTER_WEIGHTS)
+        config = await self.etcd.get_prefix(keys.CONFIG)
         self._clear_state()
         self.load(state)
         self.load(synced)
-        self.load(weights)
+        self.load(config)
         self.loaded.set()
         self._changed.set()
         health.set_ready(True)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._follow(keys.STATE, state.revision + 1))
             tasks.create_task(self._follow(keys.SYNCED, synced.revision + 1))
-            tasks.create_task(self._follow(keys.CLUSTER_WEIGHTS, weights.revision + 1))
+            tasks.create_task(self._follow(keys.CONFIG, config.revision + 1))
             tasks.create_task(self._publisher())
 
     async def _follow(self, prefix: str, revision: int) -> None:

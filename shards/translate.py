@@ -25,20 +25,29 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
+from envoy.config.core.v3 import (
+    address_pb2,
+    base_pb2,
+    config_source_pb2,
+    grpc_service_pb2,
+    protocol_pb2,
+)
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2, zipkin_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 
 from navigator import keys, model, snapshot
@@ -79,6 +88,8 @@ class Options:
     False behind an iptables redirect to a virtual outbound listener (a real cluster)."""
     health_port: int = HEALTH_PORT
     """The sidecar's health listener (``/healthz``); 0: none."""
+    tracing: model.Tracing | None = None
+    """The mesh-wide tracing setting (from etcd), on every HTTP connection manager."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, order=True)
@@ -476,6 +487,8 @@ def listener(
         )
         if port.protocol != model.Protocol.HTTP:
             hcm.codec_type = hcm_pb2.HttpConnectionManager.AUTO
+        if options.tracing is not None:
+            hcm.tracing.CopyFrom(tracing(options.tracing))
         filt = listener_components_pb2.Filter(
             name="envoy.filters.network.http_connection_manager", typed_config=_any(hcm)
         )
@@ -623,6 +636,71 @@ def app_services(
     return sorted(wanted), sorted(set(diags))
 
 
+TRACING_CLUSTER = "navigator-tracing"
+
+
+def tracing(setting: model.Tracing) -> hcm_pb2.HttpConnectionManager.Tracing:
+    """Tracing of an HTTP connection manager: the service name is the Envoy node's cluster,
+    which is the app (set by the bootstrap)."""
+    if setting.provider == model.TracingProvider.ZIPKIN:
+        name = "envoy.tracers.zipkin"
+        config: message.Message = zipkin_pb2.ZipkinConfig(
+            collector_cluster=TRACING_CLUSTER,
+            collector_endpoint="/api/v2/spans",
+            collector_endpoint_version=zipkin_pb2.ZipkinConfig.HTTP_JSON,
+            shared_span_context=wrappers_pb2.BoolValue(value=False),
+        )
+    else:
+        name = "envoy.tracers.opentelemetry"
+        config = opentelemetry_pb2.OpenTelemetryConfig(
+            grpc_service=grpc_service_pb2.GrpcService(
+                envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=TRACING_CLUSTER)
+            )
+        )
+    return hcm_pb2.HttpConnectionManager.Tracing(
+        random_sampling=percent_pb2.Percent(value=setting.sampling),
+        provider=http_tracer_pb2.Tracing.Http(name=name, typed_config=_any(config)),
+    )
+
+
+def tracing_cluster(setting: model.Tracing) -> cluster_pb2.Cluster:
+    """The collector, resolved by DNS unless it is an IP address."""
+    try:
+        ipaddress.ip_address(setting.host)
+        kind = cluster_pb2.Cluster.STATIC
+    except ValueError:
+        kind = cluster_pb2.Cluster.STRICT_DNS
+    out = cluster_pb2.Cluster(
+        name=TRACING_CLUSTER,
+        type=kind,
+        connect_timeout=duration_pb2.Duration(seconds=CONNECT_TIMEOUT_S),
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=TRACING_CLUSTER,
+            endpoints=[
+                endpoint_components_pb2.LocalityLbEndpoints(
+                    lb_endpoints=[
+                        endpoint_components_pb2.LbEndpoint(
+                            endpoint=endpoint_components_pb2.Endpoint(
+                                address=_address(setting.host, setting.port)
+                            )
+                        )
+                    ]
+                )
+            ],
+        ),
+    )
+    if setting.provider == model.TracingProvider.OPENTELEMETRY:
+        opts = http_protocol_options_pb2.HttpProtocolOptions(
+            explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+                http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+            )
+        )
+        out.typed_extension_protocol_options[
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        ].CopyFrom(_any(opts))
+    return out
+
+
 def health_listener(port: int) -> listener_pb2.Listener:
     """The sidecar's ``/healthz``: it exists only once the sidecar has its listeners from the
     control plane, so a probe on it fails until the whole configuration path has worked."""
@@ -681,6 +759,8 @@ def app_snapshot(
     listeners: list[snapshot.Resource] = []
     if options.health_port:
         listeners.append(_resource(HEALTH_LISTENER, health_listener(options.health_port)))
+    if options.tracing is not None:
+        clusters.append(_resource(TRACING_CLUSTER, tracing_cluster(options.tracing)))
     endpoints: list[str] = []
     for res in services:
         clusters.extend(res.clusters)

@@ -64,7 +64,12 @@ def test_golden(path: Path, update_golden: bool) -> None:
     objects = _objects(case["input"]["objects"])
     clusters = [model.ClusterName(c) for c in case["input"]["clusters"]]
     weights = {model.ClusterName(c): w for c, w in case["input"].get("weights", {}).items()}
-    got = render(translate.translate(objects, clusters, weights=weights))
+    options = translate.Options()
+    if "tracing" in case["input"]:
+        options = translate.Options(
+            tracing=model.decode_tracing(json.dumps(case["input"]["tracing"]).encode())
+        )
+    got = render(translate.translate(objects, clusters, options, weights=weights))
     if update_golden:
         case["output"] = got
         path.write_text(yaml.safe_dump(case, sort_keys=False, width=100))

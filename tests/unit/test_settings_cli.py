@@ -56,3 +56,22 @@ def test_bad_arguments_exit_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         weights.main(["--etcd", "127.0.0.1:1", *argv])
     assert exc.value.code == 2
+
+
+def test_tracing_set_show_off(etcd_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from navigator import tracing
+
+    assert tracing.main(["--etcd", etcd_url, "zipkin", "zipkin.tracing:9411"]) == 0
+    capsys.readouterr()
+    assert tracing.main(["--etcd", etcd_url]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "provider": "zipkin",
+        "collector": "zipkin.tracing:9411",
+        "sampling": 1.0,
+    }
+    assert tracing.main(["--etcd", etcd_url, "off"]) == 0
+    capsys.readouterr()
+    assert tracing.main(["--etcd", etcd_url]) == 0
+    assert json.loads(capsys.readouterr().out) is None
+    with pytest.raises(SystemExit):
+        tracing.main(["--etcd", etcd_url, "zipkin", "no-port"])
