@@ -104,6 +104,8 @@ class Translator:
         self._canaries: dict[ServiceKey, canary.Canary] = {}
         self._canary_diags: list[translate.Diagnostic] = []
         self._gateway_diags: list[translate.Diagnostic] = []
+        self._logged: dict[str, set[translate.Diagnostic]] = {}
+        """Diagnostics already logged, by diagnostics key."""
 
         self._resources: dict[ServiceKey, translate.ServiceResources] = {}
         self._service_diags: dict[ServiceKey, list[translate.Diagnostic]] = {}
@@ -536,6 +538,17 @@ class Translator:
         deletes: set[str],
     ) -> None:
         unique = sorted(set(diags))
+        before = self._logged.get(key, set())
+        for d in unique:
+            if d not in before:
+                # NOTE: logged once, when it appears; it stays visible in etcd and metrics.
+                log.log(
+                    logging.ERROR if d.severity == translate.Severity.ERROR else logging.WARNING,
+                    "translation: %s",
+                    d.message,
+                    extra={"object": d.object, "reason": d.reason},
+                )
+        self._logged[key] = set(unique)
         if not unique:
             deletes.add(key)
             return

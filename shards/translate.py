@@ -170,6 +170,19 @@ def mesh_service(
     routable = [s for s in services if s.type == model.ServiceType.CLUSTER_IP and s.cluster_ip]
     # NOTE: headless and ExternalName Services are resolved by DNS in the pod, not by the
     # sidecar's listeners; they are left to plain passthrough until the mesh models them.
+    clashing = [s for s in routable if _port_name_clash(s)]
+    for svc in clashing:
+        # Endpoints are matched to Service ports by name: with two ports of one name, which
+        # pod port serves which Service port is undefined. Only this cluster's Service is
+        # skipped; the other clusters' pods keep being served.
+        diags.append(
+            Diagnostic(
+                object=f"services/{ns}/{name}@{svc.cluster}",
+                reason="PortNameClash",
+                message=f"port name {_port_name_clash(svc)!r} is used by several ports",
+            )
+        )
+    routable = [s for s in routable if s not in clashing]
     if not routable:
         return None, diags
     eps_by_cluster: dict[model.ClusterName, Sequence[model.Endpoint]] = {
@@ -271,6 +284,16 @@ def _union_of_slices(slices: Iterable[model.EndpointSlice]) -> tuple[model.Endpo
 
 def _port_order(port: model.EndpointPort) -> tuple[str, int, str]:
     return port.name, port.port, port.protocol
+
+
+def _port_name_clash(svc: model.Service) -> str:
+    """A port name used by two ports of ``svc`` (empty: none)."""
+    seen: set[str] = set()
+    for port in svc.ports:
+        if port.name in seen:
+            return port.name
+        seen.add(port.name)
+    return ""
 
 
 def _resolve(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -612,3 +613,24 @@ async def test_incremental_runner_agrees_with_full_translation_with_gateways(
         await step(tr, base[0])
         await step(tr, gone=gw)  # the Gateway goes: its snapshot goes
         assert await etcd.get(gw_key) is None
+
+
+async def test_a_diagnostic_is_logged_once_when_it_appears(
+    etcd: etcd_mod.Etcd, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = model.Nexus(
+        EAST, "web", "web", model.AppName("web"), (model.ServiceRef("shop", "nope"),)
+    )
+    await _put(etcd, _service(EAST, "127.31.0.10"), missing, _endpoints(EAST, "127.21.0.5"))
+    await etcd.put(keys.synced_key(EAST), b"{}")
+    caplog.set_level(logging.WARNING, logger="shards.runner")
+    async with runner.running(etcd, debounce=0.0) as tr:
+        await asyncio.wait_for(tr.published.wait(), 10)
+        gen = tr.generation
+        await _put(etcd, _endpoints(EAST, "127.21.0.5", "127.21.0.6"))
+        await _flushed_until(tr, lambda: tr.generation > gen)
+    logged = [r for r in caplog.records if getattr(r, "reason", "") == "MissingService"]
+    assert len(logged) == 1
+    assert "shop/nope" in logged[0].getMessage()
+    kv = await etcd.get(keys.diagnostics_key(model.AppName("web")))
+    assert kv is not None and b"MissingService" in kv.value
