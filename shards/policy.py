@@ -562,6 +562,9 @@ def apply_cluster(
         check = health_check_pb2.HealthCheck(
             timeout=_pb_duration(hc.timeout),
             interval=_pb_duration(hc.interval),
+            # NOTE: Envoy checks a cluster that has carried no traffic yet only every 60 s by
+            # default, so a fresh sidecar would notice a failing pod a minute late.
+            no_traffic_interval=_pb_duration(hc.interval),
             healthy_threshold=wrappers_pb2.UInt32Value(value=hc.healthy_threshold),
             unhealthy_threshold=wrappers_pb2.UInt32Value(value=hc.unhealthy_threshold),
         )
