@@ -273,7 +273,13 @@ def test_draining_a_cluster_moves_its_traffic_to_the_other(lab: dict[str, Any]) 
         "metadata": {"name": "item", "namespace": "shop"},
         "subsets": [
             {
-                "addresses": [{"ip": pods["item-east-0"], "targetRef": {"name": "item-east-0"}}],
+                "addresses": [
+                    {
+                        "ip": pods["item-east-0"],
+                        "nodeName": "east-node-1",
+                        "targetRef": {"name": "item-east-0"},
+                    }
+                ],
                 "ports": [{"name": "http", "port": 8080}],
             }
         ],
@@ -366,3 +372,65 @@ def test_an_ingress_routes_through_the_gateway_envoy(lab: dict[str, Any]) -> Non
     # A host no Ingress names gets Envoy's 404, not a backend.
     other = _client(web, "get", url)
     assert other["status"] == 404, other
+
+
+def test_a_canary_release_splits_traffic_30_70_across_clusters(lab: dict[str, Any]) -> None:
+    """CanaryRelease shop/item: 30 to shop/item, 70 to shop/item-canary (whose only pod is in
+    west), counted from the east web sidecar; removing it restores the plain route."""
+    pods = {p["pod"]: p["ip"] for p in lab["processes"] if p["role"] == "backend"}
+    west = kubernetes.client.CoreV1Api(_api(lab, "west"))
+    west.create_namespaced_service(
+        "shop",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "item-canary", "namespace": "shop"},
+            "spec": {"ports": [{"name": "http", "port": 8890, "targetPort": 8080}]},
+        },
+    )
+    west.create_namespaced_endpoints(
+        "shop",
+        {
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": {"name": "item-canary", "namespace": "shop"},
+            "subsets": [
+                {
+                    "addresses": [
+                        {"ip": pods["item-west-1"], "targetRef": {"name": "item-west-1"}}
+                    ],
+                    "ports": [{"name": "http", "port": 8080}],
+                }
+            ],
+        },
+    )
+    crd = kubernetes.client.CustomObjectsApi(_api(lab, "east"))
+    release = {
+        "apiVersion": "navigator.avito.ru/v1",
+        "kind": "CanaryRelease",
+        "metadata": {"name": "item", "namespace": "shop"},
+        "spec": {
+            "backends": [
+                {"namespace": "shop", "name": "item", "weight": 30},
+                {"namespace": "shop", "name": "item-canary", "weight": 70},
+            ]
+        },
+    }
+    crd.create_namespaced_custom_object(
+        "navigator.avito.ru", "v1", "shop", "canaryreleases", release
+    )
+    web = _sidecar(lab, "web", "east")
+    url = f"http://{_ip(lab, 'item', 'east')}:8890/"
+    try:
+        _eventually(lambda: "item-west-1" in _pods_hit(web, url, 20), "the canary to take traffic")
+        hits = _pods_hit(web, url, 1000)
+        assert "<failed>" not in hits, hits
+        canary_share = 100 * hits.get("item-west-1", 0) / 1000
+        assert 65 <= canary_share <= 75, hits
+    finally:
+        crd.delete_namespaced_custom_object(
+            "navigator.avito.ru", "v1", "shop", "canaryreleases", "item"
+        )
+    _eventually(lambda: "item-west-1" not in _pods_hit(web, url, 20), "the plain route back")
+    west.delete_namespaced_service("item-canary", "shop")
+    west.delete_namespaced_endpoints("item-canary", "shop")
