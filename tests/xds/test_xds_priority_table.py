@@ -5,8 +5,9 @@ overprovisioning factor 1.4, this split of traffic by the healthy share of prior
 100%→100/0, 72%→100/0, 71%→99/1, 50%→70/30, 25%→35/65, 0%→0/100. This test checks every row
 through the whole path, with nothing simulated:
 
-* normalized model objects (a Service annotated with an HTTP health check on ``/healthz``, its
-  Endpoints in zones z1 and z2 of region r1, and the Nodes that give those zones) are
+* normalized model objects (a Service annotated with an HTTP health check on ``/healthz``, in
+  two Kubernetes clusters, its Endpoints in zone z1 (cluster c1, the sidecar's) and zone z2
+  (cluster c2) of region r1, and the Nodes that give those zones) are
   translated as the runner does (``translate.mesh_service``, ``translate.mesh_zones``,
   ``translate.service_resources``, ``translate.app_snapshot``) and published under the
   runner's keys; the real xDS front-end serves them to one real Envoy sidecar in zone z1;
@@ -49,6 +50,7 @@ from navigator.xds import server as xds_server
 from shards import translate
 
 K8S = model.ClusterName("c1")
+OTHER_K8S = model.ClusterName("c2")
 APP = model.AppName("shop")
 NAMESPACE, SERVICE = "shop", "item"
 REGION, SIDECAR_ZONE, OTHER_ZONE = "r1", "z1", "z2"
@@ -123,36 +125,48 @@ def _translate(
 ) -> translate.ServiceResources:
     """The translator's resources for the Service, as the runner computes them; endpoints
     of the zones in ``ready`` are ready."""
-    service = model.Service(
-        cluster=K8S,
-        namespace=NAMESPACE,
-        name=SERVICE,
-        type=model.ServiceType.CLUSTER_IP,
-        cluster_ip="127.0.0.1",
-        ports=(model.ServicePort("http", listen_port, model.Protocol.HTTP, target_port="http"),),
-        annotations=ANNOTATIONS,
-    )
+    # NOTE: the sidecar's zone is in its own Kubernetes cluster (c1), the other zone in a
+    # second one (c2): one Service of the same namespace/name in both, as the mesh joins them.
+    cluster_of = {SIDECAR_ZONE: K8S, OTHER_ZONE: OTHER_K8S}
+    services = [
+        model.Service(
+            cluster=k8s,
+            namespace=NAMESPACE,
+            name=SERVICE,
+            type=model.ServiceType.CLUSTER_IP,
+            cluster_ip="127.0.0.1",
+            ports=(
+                model.ServicePort("http", listen_port, model.Protocol.HTTP, target_port="http"),
+            ),
+            annotations=ANNOTATIONS,
+        )
+        for k8s in (K8S, OTHER_K8S)
+    ]
     nodes = {
-        (K8S, f"node-{zone}"): model.Node(
-            cluster=K8S, name=f"node-{zone}", region=REGION, zone=zone
+        (cluster_of[zone], f"node-{zone}"): model.Node(
+            cluster=cluster_of[zone], name=f"node-{zone}", region=REGION, zone=zone
         )
         for zone in (SIDECAR_ZONE, OTHER_ZONE)
     }
-    endpoints = model.Endpoints(
-        cluster=K8S,
-        namespace=NAMESPACE,
-        name=SERVICE,
-        endpoints=tuple(
-            model.Endpoint(
-                ip=addr.rsplit(":", 1)[0],
-                ready=zone in ready,
-                ports=(model.EndpointPort("http", int(addr.rsplit(":", 1)[1])),),
-                node=f"node-{zone}",
-            )
-            for addr, zone in sorted(backends.zone_of.items())
-        ),
-    )
-    svc, diags = translate.mesh_service([service], [endpoints], nodes)
+    endpoints = [
+        model.Endpoints(
+            cluster=k8s,
+            namespace=NAMESPACE,
+            name=SERVICE,
+            endpoints=tuple(
+                model.Endpoint(
+                    ip=addr.rsplit(":", 1)[0],
+                    ready=zone in ready,
+                    ports=(model.EndpointPort("http", int(addr.rsplit(":", 1)[1])),),
+                    node=f"node-{zone}",
+                )
+                for addr, zone in sorted(backends.zone_of.items())
+                if cluster_of[zone] == k8s
+            ),
+        )
+        for k8s in (K8S, OTHER_K8S)
+    ]
+    svc, diags = translate.mesh_service(services, endpoints, nodes)
     assert svc is not None and not diags, diags
     zones, zone_diags = translate.mesh_zones(
         {(n.region, n.zone) for n in nodes.values()} | translate.zones_of(svc)
