@@ -103,6 +103,7 @@ class Translator:
         """Services some gateway routes to: a change of what they offer rebuilds gateways."""
         self._canaries: dict[ServiceKey, canary.Canary] = {}
         self._canary_diags: list[translate.Diagnostic] = []
+        self._canaries_dirty = True
         self._gateway_diags: list[translate.Diagnostic] = []
         self._logged: dict[str, set[translate.Diagnostic]] = {}
         """Diagnostics already logged, by diagnostics key."""
@@ -291,6 +292,8 @@ class Translator:
             self._dirty_apps.add(obj.app_name)
         elif isinstance(obj, (model.Gateway, model.Ingress)):
             self._gateways_dirty = True
+        elif isinstance(obj, model.CanaryRelease):
+            self._canaries_dirty = True
 
     # --- output --------------------------------------------------------------------
 
@@ -330,6 +333,9 @@ class Translator:
             else:
                 self._service_diags.pop(skey, None)
             self._zone_pairs.subtract(self._service_zone_pairs.pop(skey, set()))
+            if _ports_of(self._mesh.get(skey)) != _ports_of(svc):
+                # NOTE: canaries depend on which services exist and on their ports only.
+                self._canaries_dirty = True
             if svc is None:
                 self._mesh.pop(skey, None)
             else:
@@ -349,26 +355,29 @@ class Translator:
             self._zones = zones
             regenerate |= set(self._mesh)
 
-        # NOTE: canaries are resolved again on every flush (they are few, and their validity
-        # depends on the ports of their backends); a service whose canary changed is
-        # regenerated, and its callers re-resolve what they see when its backends changed.
-        canaries, canary_diags = canary.resolve(
-            self._releases.values(),
-            {key: {p.port for p in svc.ports} for key, svc in self._mesh.items()},
-        )
-        if canary_diags != self._canary_diags:
-            self._canary_diags = canary_diags
-            self._mesh_diags_dirty = True
-        for skey in set(canaries) | set(self._canaries):
-            before, after = self._canaries.get(skey), canaries.get(skey)
-            if before == after:
-                continue
-            regenerate.add(skey)
-            if (canary.backend_services(before) if before else ()) != (
-                canary.backend_services(after) if after else ()
-            ):
-                dirty_apps |= self._service_apps.get(skey, set())
-        self._canaries = canaries
+        # NOTE: canaries are resolved again when a release, or the ports of a service, changed
+        # (their validity depends on the ports of their backends); a service whose canary
+        # changed is regenerated, and its callers re-resolve what they see when its backends
+        # changed.
+        if self._canaries_dirty:
+            canaries, canary_diags = canary.resolve(
+                self._releases.values(),
+                {key: {p.port for p in svc.ports} for key, svc in self._mesh.items()},
+            )
+            if canary_diags != self._canary_diags:
+                self._canary_diags = canary_diags
+                self._mesh_diags_dirty = True
+            for skey in set(canaries) | set(self._canaries):
+                before, after = self._canaries.get(skey), canaries.get(skey)
+                if before == after:
+                    continue
+                regenerate.add(skey)
+                if (canary.backend_services(before) if before else ()) != (
+                    canary.backend_services(after) if after else ()
+                ):
+                    dirty_apps |= self._service_apps.get(skey, set())
+            self._canaries = canaries
+            self._canaries_dirty = False
 
         for skey in sorted(regenerate):
             old = self._resources.get(skey)
@@ -652,6 +661,10 @@ class Translator:
             # NOTE: a failed write raises out of here: ``run`` relists, since what landed is
             # unknown and the computed state has moved on.
             await self.flush()
+
+
+def _ports_of(svc: translate.MeshService | None) -> object:
+    return None if svc is None else tuple(p.port for p in svc.ports)
 
 
 def _app_facing(res: translate.ServiceResources | None) -> object:
