@@ -35,6 +35,12 @@ class BootstrapError(ValueError):
     """The bootstrap cannot be rendered from the given inputs."""
 
 
+CONTROL_PLANE_HEALTH_CLUSTER = "navigator-control-plane-health"
+"""Must match ``shards.translate.CONTROL_PLANE_HEALTH_CLUSTER``."""
+DEFAULT_CONTROL_PLANE_HEALTH_PORT = 9102
+"""The default ``--http`` port of ``navigator xds`` (its /readyz)."""
+
+
 def _ads_source() -> dict[str, Any]:
     return {"ads": {}, "resource_api_version": "V3"}
 
@@ -52,6 +58,7 @@ def render(
     admin_port: int = 19000,
     keepalive_interval: float = 5.0,
     keepalive_timeout: float = 3.0,
+    control_plane_health_port: int = DEFAULT_CONTROL_PLANE_HEALTH_PORT,
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap (as a dict ready for JSON/YAML) for one sidecar.
 
@@ -123,7 +130,33 @@ def render(
                             }
                         ],
                     },
-                }
+                },
+                {
+                    # NOTE: the control plane's /readyz, behind the same address as xDS: the
+                    # sidecar's /healthz/control-plane route (from translation) leads here.
+                    "name": CONTROL_PLANE_HEALTH_CLUSTER,
+                    "type": discovery,
+                    "connect_timeout": "1s",
+                    "load_assignment": {
+                        "cluster_name": CONTROL_PLANE_HEALTH_CLUSTER,
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": host,
+                                                    "port_value": control_plane_health_port,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                },
             ]
         },
         "admin": {
@@ -162,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"control plane HOST:PORT (default ${HOST_IP_ENV}:{DEFAULT_XDS_PORT})",
     )
+    parser.add_argument(
+        "--control-plane-health-port",
+        type=int,
+        default=DEFAULT_CONTROL_PLANE_HEALTH_PORT,
+        help="port of the control plane's /readyz at the xDS host (default %(default)s)",
+    )
     parser.add_argument("--admin-address", default="127.0.0.1")
     parser.add_argument("--admin-port", type=int, default=19000)
     parser.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
@@ -179,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             xds_port=xds_port,
             admin_address=args.admin_address,
             admin_port=args.admin_port,
+            control_plane_health_port=args.control_plane_health_port,
         )
     except BootstrapError as exc:
         print(f"navigator bootstrap: {exc}", file=sys.stderr)

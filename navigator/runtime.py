@@ -85,9 +85,10 @@ class Health:
 async def http_server(
     address: str, health: Health, *, extra_routes: list[web.RouteDef] | None = None
 ) -> AsyncIterator[str]:
-    """Serves /healthz, /readyz and /metrics on ``address`` (``host:port``, port 0 = any).
+    """Serves /healthz, /readyz and /metrics on ``address`` (``host:port``, port 0 = any;
+    several comma-separated).
 
-    Yields the bound ``host:port``.
+    Yields the bound ``host:port`` (comma-separated when several).
     """
 
     async def healthz(_: web.Request) -> web.Response:
@@ -111,14 +112,16 @@ async def http_server(
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    host, _, port = address.rpartition(":")
-    site = web.TCPSite(runner, host or "127.0.0.1", int(port))
-    await site.start()
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    bound = sockets[0].getsockname() if sockets else (host, int(port))
+    bound_all: list[str] = []
+    for one in [a.strip() for a in address.split(",") if a.strip()]:
+        host, _, port = one.rpartition(":")
+        site = web.TCPSite(runner, host or "127.0.0.1", int(port))
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        bound = sockets[0].getsockname() if sockets else (host, int(port))
+        bound_all.append(f"{bound[0]}:{bound[1]}")
     try:
-        yield f"{bound[0]}:{bound[1]}"
+        yield ",".join(bound_all)
     finally:
         await runner.cleanup()
 

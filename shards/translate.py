@@ -47,6 +47,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import regex_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 
@@ -55,6 +56,9 @@ from shards import canary, gateway, policy
 
 HEALTH_PORT = 15021
 HEALTH_LISTENER = "navigator-health"
+CONTROL_PLANE_HEALTH_CLUSTER = "navigator-control-plane-health"
+"""A static cluster of every sidecar's bootstrap (``navigator.bootstrap``): the control
+plane's /readyz."""
 
 OVERPROVISIONING_FACTOR = 140
 """Envoy's default, stated explicitly: the spill-over table of the design depends on it."""
@@ -724,6 +728,12 @@ def tracing_cluster(setting: model.Tracing) -> cluster_pb2.Cluster:
     return out
 
 
+def _rewrite_to(path: str) -> regex_pb2.RegexMatchAndSubstitute:
+    return regex_pb2.RegexMatchAndSubstitute(
+        pattern=regex_pb2.RegexMatcher(regex="^.*$"), substitution=path
+    )
+
+
 def health_listener(port: int) -> listener_pb2.Listener:
     """The sidecar's ``/healthz``: it exists only once the sidecar has its listeners from the
     control plane, so a probe on it fails until the whole configuration path has worked."""
@@ -731,6 +741,9 @@ def health_listener(port: int) -> listener_pb2.Listener:
         stat_prefix="navigator_health",
         route_config=route_pb2.RouteConfiguration(
             name=HEALTH_LISTENER,
+            # NOTE: the control plane's cluster is static, in the bootstrap; not validated here
+            # so that a sidecar with an older bootstrap still takes the listener.
+            validate_clusters=wrappers_pb2.BoolValue(value=False),
             virtual_hosts=[
                 route_components_pb2.VirtualHost(
                     name=HEALTH_LISTENER,
@@ -741,7 +754,19 @@ def health_listener(port: int) -> listener_pb2.Listener:
                             direct_response=route_components_pb2.DirectResponseAction(
                                 status=200, body=base_pb2.DataSource(inline_string="ok\n")
                             ),
-                        )
+                        ),
+                        # The whole path: this sidecar has its config and the control plane,
+                        # reached as the sidecar reaches it for xDS, is ready.
+                        route_components_pb2.Route(
+                            match=route_components_pb2.RouteMatch(
+                                path="/healthz/control-plane"
+                            ),
+                            route=route_components_pb2.RouteAction(
+                                cluster=CONTROL_PLANE_HEALTH_CLUSTER,
+                                regex_rewrite=_rewrite_to("/readyz"),
+                                timeout=duration_pb2.Duration(seconds=2),
+                            ),
+                        ),
                     ],
                 )
             ],

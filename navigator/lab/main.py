@@ -229,6 +229,7 @@ class Lab:
         self.sidecars: list[dict[str, Any]] = []
         self.gateways: list[dict[str, Any]] = []
         self.xds_addresses: list[str] = []
+        self.xds_http_port = 0
         self.http = ""
         """The lab's own /healthz, /readyz and /metrics address."""
 
@@ -360,7 +361,10 @@ class Lab:
             [c.node_ip for c in self.topology.clusters] if self.mode == "netns" else []
         )
         self.xds_addresses = [f"{h}:{xds_port}" for h in hosts]
-        http = f"{host}:{procs.free_port()}"
+        self.xds_http_port = procs.free_port()
+        # NOTE: sidecars reach the front-end's /readyz (their /healthz/control-plane) at their
+        # node address, as they reach xDS.
+        http = ",".join(f"{h}:{self.xds_http_port}" for h in hosts)
         self._spawn(
             "xds",
             "xds-0",
@@ -374,8 +378,12 @@ class Lab:
                 "--http",
                 http,
             ),
-            ready_url=f"http://{http}/readyz",
-            extra={"address": self.xds_addresses[0], "addresses": self.xds_addresses, "http": http},
+            ready_url=f"http://{host}:{self.xds_http_port}/readyz",
+            extra={
+                "address": self.xds_addresses[0],
+                "addresses": self.xds_addresses,
+                "http": f"{host}:{self.xds_http_port}",
+            },
         )
         await self._wait_ready([p for p in self.procs if p.ready_url])
         self._start_sidecars(xds_port)
@@ -457,6 +465,7 @@ class Lab:
                 xds_port=xds_port,
                 admin_address=admin_address,
                 admin_port=admin_port,
+                control_plane_health_port=self.xds_http_port,
             )
             path = self.state_dir / f"envoy-{node_id}.json"
             path.write_text(json.dumps(config, indent=2))
@@ -519,6 +528,7 @@ class Lab:
                 xds_port=xds_port,
                 admin_address=pod.ip,
                 admin_port=ENVOY_ADMIN_PORT,
+                control_plane_health_port=self.xds_http_port,
             )
             path = self.state_dir / f"envoy-{node_id}.json"
             path.write_text(json.dumps(config, indent=2))

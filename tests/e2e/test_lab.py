@@ -352,6 +352,9 @@ def test_every_sidecar_answers_healthz_once_it_has_its_config(lab: dict[str, Any
             f"{sidecar['node_id']} /healthz",
         )
         assert got["body"] == "ok\n"
+        # The whole path: the control plane's readiness, reached from the sidecar's pod.
+        whole = _client(sidecar, "get", "http://127.0.0.1:15021/healthz/control-plane")
+        assert whole["status"] == 200, whole
 
 
 def test_an_ingress_routes_through_the_gateway_envoy(lab: dict[str, Any]) -> None:
