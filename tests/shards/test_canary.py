@@ -6,18 +6,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import static_envoy
 from aiohttp import web
 from envoy.config.bootstrap.v3 import bootstrap_pb2
-from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -25,7 +23,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from google.protobuf import any_pb2, json_format
+from google.protobuf import any_pb2
 
 from navigator import model
 from navigator.lab import procs
@@ -363,33 +361,6 @@ def _any(msg: Any) -> any_pb2.Any:
     return packed
 
 
-def _static(name: str, host: str, port: int) -> cluster_pb2.Cluster:
-    """The Envoy cluster of a backend port, STATIC with one endpoint instead of EDS."""
-    return cluster_pb2.Cluster(
-        name=name,
-        type=cluster_pb2.Cluster.STATIC,
-        connect_timeout={"seconds": 1},
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=name,
-            endpoints=[
-                endpoint_components_pb2.LocalityLbEndpoints(
-                    lb_endpoints=[
-                        endpoint_components_pb2.LbEndpoint(
-                            endpoint=endpoint_components_pb2.Endpoint(
-                                address=address_pb2.Address(
-                                    socket_address=address_pb2.SocketAddress(
-                                        address=host, port_value=port
-                                    )
-                                )
-                            )
-                        )
-                    ]
-                )
-            ],
-        ),
-    )
-
-
 def _http_listener(
     port: translate.MeshPort, found: canary.Canary, listen: int
 ) -> listener_pb2.Listener:
@@ -448,32 +419,18 @@ def _bootstrap(found: canary.Canary, *, skip: str = "") -> bootstrap_pb2.Bootstr
     for number in (8890, 5432):
         for name, _ in found.split(number):
             if name != skip:
-                boot.static_resources.clusters.append(_static(name, "127.0.0.1", 9))
+                boot.static_resources.clusters.append(static_envoy.cluster(name, "127.0.0.1", 9))
     return boot
 
 
-def _envoy_validate(
-    boot: bootstrap_pb2.Bootstrap, tmp_path: Path
-) -> subprocess.CompletedProcess[str]:
-    path = tmp_path / "bootstrap.json"
-    path.write_text(json_format.MessageToJson(boot))
-    return subprocess.run(
-        [str(procs.envoy_binary()), "--mode", "validate", "-c", str(path), "-l", "error"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_envoy_accepts_the_split(tmp_path: Path) -> None:
-    out = _envoy_validate(_bootstrap(SPLIT), tmp_path)
+    out = static_envoy.validate(_bootstrap(SPLIT), tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_envoy_checks_the_split_cluster_names(tmp_path: Path) -> None:
     """Negative control: validation does look at the weighted clusters' names."""
-    out = _envoy_validate(_bootstrap(SPLIT, skip="shop/item-canary:8890"), tmp_path)
+    out = static_envoy.validate(_bootstrap(SPLIT, skip="shop/item-canary:8890"), tmp_path)
     assert out.returncode != 0
     assert "shop/item-canary:8890" in out.stdout + out.stderr
 
@@ -548,38 +505,13 @@ async def _real_envoy(
 ) -> AsyncIterator[None]:
     """A real Envoy with ``listener`` and a STATIC cluster per backend of REAL, started on
     ``serve``'s servers; yields once Envoy is ready."""
-    admin = procs.free_port()
     boot = bootstrap_pb2.Bootstrap()
-    boot.admin.address.socket_address.address = "127.0.0.1"
-    boot.admin.address.socket_address.port_value = admin
     boot.static_resources.listeners.append(listener)
     for name, _ in REAL.split(port):
         host = HOSTS[name.rsplit(":", 1)[0]]
-        boot.static_resources.clusters.append(_static(name, host, await serve(host)))
-    config = tmp_path / "envoy.json"
-    config.write_text(json_format.MessageToJson(boot))
-    log = tmp_path / "envoy.log"
-    envoy = procs.start(
-        [
-            str(procs.envoy_binary()), "-c", str(config),
-            "--concurrency", "1", "--disable-hot-restart", "-l", "warning",
-        ],
-        log_file=log,
-    )  # fmt: skip
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as http:
-            for _ in range(200):
-                assert envoy.poll() is None, log.read_text()
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with http.get(f"http://127.0.0.1:{admin}/ready") as resp:
-                        if resp.status == 200:
-                            break
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail(f"Envoy never became ready: {log.read_text()}")
+        boot.static_resources.clusters.append(static_envoy.cluster(name, host, await serve(host)))
+    async with static_envoy.running(boot, tmp_path):
         yield
-    finally:
-        await asyncio.to_thread(procs.stop, envoy, timeout=5)
 
 
 def _assert_shares(answers: collections.Counter[str]) -> None:

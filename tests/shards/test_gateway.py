@@ -3,27 +3,22 @@ generated protos, Envoy's own verdict on them, and real requests through a real 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
-import subprocess
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import static_envoy
 from aiohttp import web
 from envoy.config.bootstrap.v3 import bootstrap_pb2
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from google.protobuf import json_format
 
 from navigator import model, snapshot
 from navigator.lab import procs
@@ -380,32 +375,6 @@ def test_gateway_snapshot_has_only_the_backend_clusters() -> None:
 # --- Envoy's verdict, real traffic ------------------------------------------------------
 
 
-def _static(name: str, host: str, port: int) -> cluster_pb2.Cluster:
-    return cluster_pb2.Cluster(
-        name=name,
-        type=cluster_pb2.Cluster.STATIC,
-        connect_timeout={"seconds": 1},
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=name,
-            endpoints=[
-                endpoint_components_pb2.LocalityLbEndpoints(
-                    lb_endpoints=[
-                        endpoint_components_pb2.LbEndpoint(
-                            endpoint=endpoint_components_pb2.Endpoint(
-                                address=address_pb2.Address(
-                                    socket_address=address_pb2.SocketAddress(
-                                        address=host, port_value=port
-                                    )
-                                )
-                            )
-                        )
-                    ]
-                )
-            ],
-        ),
-    )
-
-
 def _static_listener(res: gateway.GatewayResources, port: int) -> listener_pb2.Listener:
     """The generated listener on 127.0.0.1:``port`` with the generated routes inlined."""
     lis = listener_pb2.Listener()
@@ -440,29 +409,15 @@ def _bootstrap(
     boot = bootstrap_pb2.Bootstrap()
     boot.static_resources.listeners.append(_static_listener(res, listen))
     for name in res.clusters:
-        boot.static_resources.clusters.append(_static(name, *hosts[name]))
+        boot.static_resources.clusters.append(static_envoy.cluster(name, *hosts[name]))
     return boot
-
-
-def _envoy_validate(
-    boot: bootstrap_pb2.Bootstrap, tmp_path: Path
-) -> subprocess.CompletedProcess[str]:
-    path = tmp_path / "bootstrap.json"
-    path.write_text(json_format.MessageToJson(boot))
-    return subprocess.run(
-        [str(procs.envoy_binary()), "--mode", "validate", "-c", str(path), "-l", "error"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_envoy_accepts_listener_and_routes(tmp_path: Path) -> None:
     res, diags = gateway.gateway_resources(GW, ROUTED, SERVICES)
     assert res is not None and diags == []
     hosts = {name: ("127.0.0.1", 9) for name in res.clusters}
-    out = _envoy_validate(_bootstrap(res, 8080, hosts), tmp_path)
+    out = static_envoy.validate(_bootstrap(res, 8080, hosts), tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -472,7 +427,7 @@ def test_envoy_checks_the_route_cluster_names(tmp_path: Path) -> None:
     assert res is not None
     boot = _bootstrap(res, 8080, {name: ("127.0.0.1", 9) for name in res.clusters})
     del boot.static_resources.clusters[0]
-    out = _envoy_validate(boot, tmp_path)
+    out = static_envoy.validate(boot, tmp_path)
     assert out.returncode != 0
 
 
@@ -500,37 +455,6 @@ async def _backends(hosts: list[str]) -> AsyncIterator[dict[str, int]]:
             await runner.cleanup()
 
 
-@contextlib.asynccontextmanager
-async def _real_envoy(boot: bootstrap_pb2.Bootstrap, tmp_path: Path) -> AsyncIterator[None]:
-    admin = procs.free_port()
-    boot.admin.address.socket_address.address = "127.0.0.1"
-    boot.admin.address.socket_address.port_value = admin
-    config = tmp_path / "envoy.json"
-    config.write_text(json_format.MessageToJson(boot))
-    log = tmp_path / "envoy.log"
-    envoy = procs.start(
-        [
-            str(procs.envoy_binary()), "-c", str(config),
-            "--concurrency", "1", "--disable-hot-restart", "-l", "warning",
-        ],
-        log_file=log,
-    )  # fmt: skip
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as http:
-            for _ in range(200):
-                assert envoy.poll() is None, log.read_text()
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with http.get(f"http://127.0.0.1:{admin}/ready") as resp:
-                        if resp.status == 200:
-                            break
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail(f"Envoy never became ready: {log.read_text()}")
-        yield
-    finally:
-        await asyncio.to_thread(procs.stop, envoy, timeout=5)
-
-
 REQUESTS = [
     # (Host header, path, expected backend host or HTTP status)
     ("a.example.com", "/anything", "127.0.0.2"),
@@ -552,7 +476,7 @@ async def test_real_traffic_by_host_and_path(tmp_path: Path) -> None:
     async with _backends(sorted(set(by_cluster.values()))) as ports:
         hosts = {name: (ip, ports[ip]) for name, ip in by_cluster.items()}
         async with (
-            _real_envoy(_bootstrap(res, listen, hosts), tmp_path),
+            static_envoy.running(_bootstrap(res, listen, hosts), tmp_path),
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
         ):
             got = []

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import static_envoy
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -21,10 +19,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.type.v3 import http_pb2
-from google.protobuf import any_pb2, json_format
+from google.protobuf import any_pb2
 
 from navigator import model
-from navigator.lab import procs
 from shards import policy, translate
 
 P = policy.PREFIX
@@ -576,26 +573,7 @@ def _static(cluster: cluster_pb2.Cluster) -> cluster_pb2.Cluster:
     """The generated EDS cluster made STATIC with one endpoint, so it validates alone."""
     cluster.ClearField("eds_cluster_config")
     cluster.type = cluster_pb2.Cluster.STATIC
-    cluster.load_assignment.CopyFrom(
-        endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=cluster.name,
-            endpoints=[
-                endpoint_components_pb2.LocalityLbEndpoints(
-                    lb_endpoints=[
-                        endpoint_components_pb2.LbEndpoint(
-                            endpoint=endpoint_components_pb2.Endpoint(
-                                address=address_pb2.Address(
-                                    socket_address=address_pb2.SocketAddress(
-                                        address="127.0.0.1", port_value=9
-                                    )
-                                )
-                            )
-                        )
-                    ]
-                )
-            ],
-        )
-    )
+    cluster.load_assignment.CopyFrom(static_envoy.assignment(cluster.name, "127.0.0.1", 9))
     return cluster
 
 
@@ -642,20 +620,6 @@ def _bootstrap(pol: policy.Policy) -> bootstrap_pb2.Bootstrap:
     return boot
 
 
-def _envoy_validate(
-    boot: bootstrap_pb2.Bootstrap, tmp_path: Path
-) -> subprocess.CompletedProcess[str]:
-    path = tmp_path / "bootstrap.json"
-    path.write_text(json_format.MessageToJson(boot))
-    return subprocess.run(
-        [str(procs.envoy_binary()), "--mode", "validate", "-c", str(path), "-l", "error"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize(
     "annotations",
     [
@@ -672,7 +636,7 @@ def _envoy_validate(
 def test_envoy_accepts_the_result(annotations: dict[str, str], tmp_path: Path) -> None:
     pol, diags = policy.parse([(P + k, v) for k, v in annotations.items()], obj=OBJ)
     assert [d for d in diags if d.reason == policy.INVALID] == []
-    out = _envoy_validate(_bootstrap(pol), tmp_path)
+    out = static_envoy.validate(_bootstrap(pol), tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -681,6 +645,6 @@ def test_envoy_rejects_what_parse_refuses(tmp_path: Path) -> None:
     bad = dataclasses.replace(
         _full(), outlier=dataclasses.replace(_full().outlier, max_ejection_percent=101)
     )
-    out = _envoy_validate(_bootstrap(bad), tmp_path)
+    out = static_envoy.validate(_bootstrap(bad), tmp_path)
     assert out.returncode != 0
     assert "max_ejection_percent" in out.stdout + out.stderr
