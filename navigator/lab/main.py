@@ -442,8 +442,40 @@ class Lab:
                     extra={"pod": pod["name"], "ip": ip, "exec": prefix},
                 )
 
+    def _start_envoy(
+        self,
+        *,
+        node_id: str,
+        app: str,
+        cluster: ClusterSpec,
+        prefix: list[str],
+        admin: tuple[str, int],
+        xds_port: int,
+    ) -> None:
+        """An Envoy (sidecar or gateway) from ``navigator bootstrap``'s config, in its pod."""
+        config = bootstrap.render(
+            node_id=node_id,
+            app=app,
+            cluster=cluster.name,
+            region=cluster.region,
+            zone=cluster.zone,
+            xds_host=self.node_ip(cluster),
+            xds_port=xds_port,
+            admin_address=admin[0],
+            admin_port=admin[1],
+            control_plane_health_port=self.xds_http_port,
+        )
+        path = self.state_dir / f"envoy-{node_id}.json"
+        path.write_text(json.dumps(config, indent=2))
+        self._spawn(
+            "envoy",
+            f"envoy-{node_id}",
+            [*prefix, str(procs.envoy_binary()), "-c", str(path), *ENVOY_FLAGS],
+            cluster=cluster.name,
+            extra={"app": app, "node_id": node_id},
+        )
+
     def _start_sidecars(self, xds_port: int) -> None:
-        envoy = str(procs.envoy_binary())
         clusters = {c.name: c for c in self.topology.clusters}
         for i, s in enumerate(self.sidecar_specs):
             c = clusters[s.cluster]
@@ -455,26 +487,13 @@ class Lab:
                 pod.intercept()
                 prefix = pod.exec_prefix
                 admin_address, admin_port, pod_ip = pod.ip, ENVOY_ADMIN_PORT, pod.ip
-            config = bootstrap.render(
+            self._start_envoy(
                 node_id=node_id,
                 app=s.app,
-                cluster=s.cluster,
-                region=c.region,
-                zone=c.zone,
-                xds_host=self.node_ip(c),
+                cluster=c,
+                prefix=prefix,
+                admin=(admin_address, admin_port),
                 xds_port=xds_port,
-                admin_address=admin_address,
-                admin_port=admin_port,
-                control_plane_health_port=self.xds_http_port,
-            )
-            path = self.state_dir / f"envoy-{node_id}.json"
-            path.write_text(json.dumps(config, indent=2))
-            self._spawn(
-                "envoy",
-                f"envoy-{node_id}",
-                [*prefix, envoy, "-c", str(path), *ENVOY_FLAGS],
-                cluster=s.cluster,
-                extra={"app": s.app, "node_id": node_id},
             )
             self.sidecars.append(
                 {
@@ -500,7 +519,6 @@ class Lab:
                     extra={"gateway": f"{g.namespace}/{g.name}"},
                 )
             return
-        envoy = str(procs.envoy_binary())
         clusters = {c.name: c for c in self.topology.clusters}
         for i, g in enumerate(self.topology.gateways):
             c = clusters[g.cluster]
@@ -518,26 +536,13 @@ class Lab:
                 raise LabError(f"no Gateway {g.namespace}/{g.name} in examples/{g.cluster}")
             pod = self.net.add_pod(c.name, f"gw-{g.name}-{i}")
             node_id = f"{g.cluster}-gw-{g.name}-{i}"
-            config = bootstrap.render(
+            self._start_envoy(
                 node_id=node_id,
                 app=g.app,
-                cluster=g.cluster,
-                region=c.region,
-                zone=c.zone,
-                xds_host=self.node_ip(c),
+                cluster=c,
+                prefix=pod.exec_prefix,
+                admin=(pod.ip, ENVOY_ADMIN_PORT),
                 xds_port=xds_port,
-                admin_address=pod.ip,
-                admin_port=ENVOY_ADMIN_PORT,
-                control_plane_health_port=self.xds_http_port,
-            )
-            path = self.state_dir / f"envoy-{node_id}.json"
-            path.write_text(json.dumps(config, indent=2))
-            self._spawn(
-                "envoy",
-                f"envoy-{node_id}",
-                [*pod.exec_prefix, envoy, "-c", str(path), *ENVOY_FLAGS],
-                cluster=g.cluster,
-                extra={"app": g.app, "node_id": node_id},
             )
             self.gateways.append(
                 {
