@@ -49,6 +49,9 @@ class AppEntry:
     snapshot: snapshot.AppSnapshot
     resources: Mapping[str, Mapping[str, Encoded]]
     endpoints: frozenset[str]
+    versions: Mapping[str, str]
+    """By type URL: the version of all its resources (a wildcard response), computed once
+    here rather than by every stream of the app."""
 
     def of_type(self, type_url: str) -> Mapping[str, Encoded]:
         return self.resources.get(type_url, {})
@@ -62,7 +65,16 @@ def encode_app(snap: snapshot.AppSnapshot) -> AppEntry:
         }
         for type_url, items in snap.resources.items()
     }
-    return AppEntry(snapshot=snap, resources=resources, endpoints=frozenset(snap.endpoints))
+    versions = {
+        type_url: snapshot.version_of((e.name, e.hash) for e in by_name.values())
+        for type_url, by_name in resources.items()
+    }
+    return AppEntry(
+        snapshot=snap,
+        resources=resources,
+        endpoints=frozenset(snap.endpoints),
+        versions=versions,
+    )
 
 
 def encode_eds(name: str, body: bytes) -> Encoded:

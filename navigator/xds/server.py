@@ -177,7 +177,12 @@ def build(
                     found = source.eds(name, keys.DEFAULT_VARIANT)
                 if found is not None:
                     items.append(found)
+    if entry is not None and type_url in WILDCARD_TYPES:
+        return entry.versions.get(type_url, _EMPTY_VERSION), items
     return snapshot.version_of((item.name, item.hash) for item in items), items
+
+
+_EMPTY_VERSION = snapshot.version_of(())
 
 
 class _TypeState:
