@@ -145,12 +145,10 @@ def run(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
 async def wait_stop(stop: asyncio.Event, *tasks: asyncio.Task[Any]) -> None:
     """Waits until ``stop`` is set or a task ends; then cancels the rest and re-raises a crash."""
     stopper = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
     for task in [stopper, *tasks]:
         task.cancel()
+    # NOTE: awaiting a task that crashed re-raises its exception here.
     for task in [stopper, *tasks]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    for task in done:
-        if task is not stopper and not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
