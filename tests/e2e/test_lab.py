@@ -309,6 +309,7 @@ def test_draining_a_cluster_moves_its_traffic_to_the_other(lab: dict[str, Any]) 
     finally:
         weight("west", "--reset")
     _eventually(lambda: set(_pods_hit(checkout, url, 20)) == west_pods, "traffic back to west")
+    assert set(_pods_hit(checkout, url, 20)) == west_pods
 
 
 def test_a_sidecar_holds_only_its_nexus_services(lab: dict[str, Any]) -> None:

@@ -313,6 +313,7 @@ async def test_translator_survives_an_etcd_restart(tmp_path: Path) -> None:
             async with asyncio.timeout(30):
                 while not await published():
                     await tr.wait_until(lambda g=tr.generation: tr.generation > g)
+            assert await published()
     finally:
         await client.close()
         procs.stop(member)

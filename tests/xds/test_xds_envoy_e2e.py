@@ -40,6 +40,9 @@ async def test_traffic_flows_and_follows_eds_changes(
     await h.eventually(lambda: _reaches(svc.port, f"{a[0]}:{a[1]}"), what="traffic to a")
     await h.publish_eds(etcd, "web", b)
     await h.eventually(lambda: _reaches(svc.port, f"{b[0]}:{b[1]}"), what="traffic to b")
+    # Once moved, every request goes to b: a is no longer an endpoint.
+    for _ in range(5):
+        assert await _reaches(svc.port, f"{b[0]}:{b[1]}")
 
 
 async def test_added_service_becomes_reachable_and_removed_one_disappears(

@@ -44,6 +44,7 @@ async def test_healthz_answers_only_once_the_config_arrived(
         return status == 200 and body == "ok\n"
 
     await h.eventually(healthy, what="/healthz from the default snapshot")
+    assert await sidecar.listener_names() == {translate.HEALTH_LISTENER}
 
 
 async def _connected(sidecar: h.Envoy) -> bool:
