@@ -162,6 +162,27 @@ async def _assert_agrees_with_full_translation(
     assert {k: kv.value for k, kv in listing.items.items()} == want
 
 
+async def _change_and_compare(
+    etcd: etcd_mod.Etcd,
+    *,
+    tr: runner.Translator,
+    objs: dict[str, model.Object],
+    clusters: list[model.ClusterName],
+    new: tuple[model.Object, ...],
+    gone: model.Object | None,
+) -> None:
+    """Puts ``new`` and deletes ``gone`` in one transaction, waits for the flush, compares."""
+    gen = tr.generation
+    objs.update({keys.state_key(o): o for o in new})
+    deletes: list[str] = []
+    if gone is not None:
+        del objs[keys.state_key(gone)]
+        deletes.append(keys.state_key(gone))
+    await etcd.apply(puts={keys.state_key(o): model.encode(o) for o in new}, deletes=deletes)
+    await _flushed_until(tr, lambda: tr.generation > gen)
+    await _assert_agrees_with_full_translation(etcd, objs, clusters)
+
+
 async def test_incremental_runner_agrees_with_full_translation_with_slices(
     etcd: etcd_mod.Etcd,
 ) -> None:
@@ -522,15 +543,7 @@ async def test_incremental_runner_agrees_with_full_translation_with_canaries(
     async def step(
         tr: runner.Translator, *new: model.Object, gone: model.Object | None = None
     ) -> None:
-        gen = tr.generation
-        objs.update({keys.state_key(o): o for o in new})
-        deletes: list[str] = []
-        if gone is not None:
-            del objs[keys.state_key(gone)]
-            deletes.append(keys.state_key(gone))
-        await etcd.apply(puts={keys.state_key(o): model.encode(o) for o in new}, deletes=deletes)
-        await _flushed_until(tr, lambda: tr.generation > gen)
-        await _assert_agrees_with_full_translation(etcd, objs, clusters)
+        await _change_and_compare(etcd, tr=tr, objs=objs, clusters=clusters, new=new, gone=gone)
 
     base = [
         _service(EAST, "127.31.0.10"),
@@ -588,15 +601,7 @@ async def test_incremental_runner_agrees_with_full_translation_with_gateways(
     async def step(
         tr: runner.Translator, *new: model.Object, gone: model.Object | None = None
     ) -> None:
-        gen = tr.generation
-        objs.update({keys.state_key(o): o for o in new})
-        deletes: list[str] = []
-        if gone is not None:
-            del objs[keys.state_key(gone)]
-            deletes.append(keys.state_key(gone))
-        await etcd.apply(puts={keys.state_key(o): model.encode(o) for o in new}, deletes=deletes)
-        await _flushed_until(tr, lambda: tr.generation > gen)
-        await _assert_agrees_with_full_translation(etcd, objs, clusters)
+        await _change_and_compare(etcd, tr=tr, objs=objs, clusters=clusters, new=new, gone=gone)
 
     base: list[model.Object] = [_service(EAST, "127.31.0.10"), _endpoints(EAST, "127.21.0.5")]
     objs.update({keys.state_key(o): o for o in base})
