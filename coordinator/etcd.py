@@ -1,20 +1,22 @@
-"""etcd access for every Navigator process: reads, batched writes and resumable watches.
+"""etcd access for every Navigator process: reads, fenced batched writes, leases, watches.
 
 aetcd gives us the etcd v3 stubs and error types but leaves reconnection, retries, multi-member
-targets and watch resumption to its user; this module adds them, and is the only place that
-talks to aetcd.
+targets, leases kept alive and watch resumption to its user; this module adds them, and is the
+only place that talks to aetcd.
 
 Exceptions (library errors are wrapped at this boundary)::
 
     EtcdError
     ├── EtcdUnavailable    no member answered within the retry budget
-    └── Compacted          a watch asked for a revision etcd has compacted: relist
+    ├── Compacted          a watch asked for a revision etcd has compacted: relist
+    └── Deposed            a fenced write was refused: the writer no longer holds its key
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -23,6 +25,7 @@ from typing import Any
 import aetcd
 import aetcd.exceptions
 import aetcd.rpc
+import prometheus_client
 import tenacity
 
 from navigator import keys
@@ -31,6 +34,15 @@ log = logging.getLogger(__name__)
 
 MAX_TXN_OPS = 128
 """etcd's default ``--max-txn-ops``."""
+MAX_TXN_BYTES = 1024 * 1024
+"""What one transaction carries at most: etcd refuses requests over ``--max-request-bytes``
+(1.5 MiB by default); a quarter of it is left for keys, framing and the compares."""
+
+FENCED_TXNS = prometheus_client.Counter(
+    "navigator_etcd_fenced_txns_total",
+    "Transactions of a leader, by outcome (landed, or rejected because it was deposed)",
+    ["result"],
+)
 
 
 class EtcdError(Exception):
@@ -47,6 +59,26 @@ class Compacted(EtcdError):
     def __init__(self, revision: int) -> None:
         super().__init__(f"revision compacted below {revision}")
         self.revision = revision
+
+
+class Deposed(EtcdError):
+    """A fenced write was refused: its leadership key is gone or held by someone else."""
+
+    def __init__(self, fence: Fence) -> None:
+        super().__init__(f"write refused: {fence.key} is no longer held at revision {fence.token}")
+        self.fence = fence
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Fence:
+    """A leader's fencing token: its leadership key and that key's create revision.
+
+    A write carrying a fence lands only while the key still exists with that create revision,
+    so a leader that was deposed (paused, partitioned, slow) can never write.
+    """
+
+    key: str
+    token: int
 
 
 _TRANSIENT = (
@@ -75,12 +107,24 @@ def parse_endpoints(value: str | Iterable[str]) -> list[str]:
     return out
 
 
+_SERVICE_CONFIG = json.dumps(
+    {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
+)
+
+
 class _Client(aetcd.Client):  # type: ignore[misc]
     """aetcd's client with a channel to every member and require-leader metadata.
 
     NOTE: aetcd builds its channel in ``connect`` from one host:port; we build it ourselves so
     gRPC can move to another member (round robin over the list) and so that every call carries
     ``hasleader``: a member cut off from its peers refuses instead of serving stale data.
+
+    NOTE: moving off a *paused* member (SIGSTOP: its kernel still accepts connections) takes
+    three settings, measured against a 3-member cluster: gRPC's client-side health checking
+    (etcd serves ``grpc.health.v1``), so a new connection counts only once the member answers;
+    keepalive pings on every connection, at least 5 s apart (etcd's ``--grpc-keepalive-min-
+    time``); and ``ping_timeout_ms``, without which an unanswered ping blocks the keepalive
+    for a minute. Then one call times out and the member is left until it answers again.
     """
 
     def __init__(self, endpoints: list[str], timeout: float) -> None:
@@ -97,10 +141,12 @@ class _Client(aetcd.Client):  # type: ignore[misc]
             else self._endpoints[0]
         )
         options = [
-            ("grpc.lb_policy_name", "round_robin"),
-            ("grpc.keepalive_time_ms", 10_000),
-            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.service_config", _SERVICE_CONFIG),
+            ("grpc.keepalive_time_ms", 6_000),
+            ("grpc.keepalive_timeout_ms", 2_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.ping_timeout_ms", 2_000),
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 2_000),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -127,6 +173,8 @@ class KeyValue:
     key: str
     value: bytes
     mod_revision: int
+    create_revision: int = 0
+    lease: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -148,6 +196,7 @@ class Etcd:
 
     def __init__(self, endpoints: list[str], *, timeout: float = 5.0, retry_for: float = 30.0):
         self.endpoints = endpoints
+        self.timeout = timeout
         self._client = _Client(endpoints, timeout)
         self._retry_for = retry_for
 
@@ -160,25 +209,42 @@ class Etcd:
     async def close(self) -> None:
         await self._client.close()
 
-    def _retrying(self) -> tenacity.AsyncRetrying:
+    def _retrying(self, retry_for: float | None = None) -> tenacity.AsyncRetrying:
         return tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(_TRANSIENT),
             wait=tenacity.wait_exponential_jitter(multiplier=0.1, max=2.0),
-            stop=tenacity.stop_after_delay(self._retry_for),
+            stop=tenacity.stop_after_delay(self._retry_for if retry_for is None else retry_for),
             before_sleep=_log_retry,
             reraise=True,
         )
 
-    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    async def _rpc(self, stub: str, method: str, request: Any, retry_for: float | None) -> Any:
+        """One unary call on a stub of our channel, retried on transient errors."""
+
+        async def call() -> Any:
+            await self._client.connect()
+            fn = getattr(getattr(self._client, stub), method)
+            try:
+                return await fn(
+                    request, timeout=self._client._timeout, metadata=self._client.metadata
+                )
+            except aetcd.rpc.AioRpcError as exc:
+                aetcd.exceptions._handle_exception(exc)
+
         try:
-            async for attempt in self._retrying():
+            async for attempt in self._retrying(retry_for):
                 with attempt:
-                    return await fn(*args, **kwargs)
+                    return await call()
         except _TRANSIENT as exc:
             raise EtcdUnavailable(
                 f"etcd {','.join(self.endpoints)} unavailable: {exc or type(exc).__name__}"
             ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _kv(self, method: str, request: Any, retry_for: float | None = None) -> Any:
+        return await self._rpc("kvstub", method, request, retry_for)
+
+    # --- reads ----------------------------------------------------------------------------
 
     async def ping(self) -> int:
         """The current revision; raises EtcdUnavailable when no member answers."""
@@ -186,64 +252,159 @@ class Etcd:
         return listing.revision
 
     async def get(self, key: str) -> KeyValue | None:
-        res = await self._call(self._client.get, key.encode())
-        if res is None:
-            return None
-        return KeyValue(key, res.value, res.mod_revision)
+        resp = await self._kv("Range", aetcd.rpc.RangeRequest(key=key.encode()))
+        return _kv_of(resp.kvs[0]) if resp.kvs else None
 
-    async def get_prefix(self, prefix: str) -> Listing:
+    async def get_prefix(self, prefix: str, *, keys_only: bool = False) -> Listing:
         """Every key under ``prefix`` with the revision the listing was taken at."""
-        req = aetcd.rpc.RangeRequest(key=prefix.encode(), range_end=keys.prefix_range_end(prefix))
-
-        async def call() -> Any:
-            await self._client.connect()
-            return await self._client.kvstub.Range(
-                req, timeout=self._client._timeout, metadata=self._client.metadata
-            )
-
-        resp = await self._call(_wrap_rpc(call))
-        items = {
-            kv.key.decode(): KeyValue(kv.key.decode(), kv.value, kv.mod_revision) for kv in resp.kvs
-        }
+        req = aetcd.rpc.RangeRequest(
+            key=prefix.encode(), range_end=keys.prefix_range_end(prefix), keys_only=keys_only
+        )
+        resp = await self._kv("Range", req)
+        items = {kv.key.decode(): _kv_of(kv) for kv in resp.kvs}
         return Listing(revision=resp.header.revision, items=items)
 
-    async def put(self, key: str, value: bytes) -> int:
-        res = await self._call(self._client.put, key.encode(), value)
-        return int(res.header.revision)
+    async def latest_mod_revision(self, prefix: str) -> tuple[int, int]:
+        """(the newest mod revision of a key under ``prefix`` or 0, the current revision)."""
+        req = aetcd.rpc.RangeRequest(
+            key=prefix.encode(),
+            range_end=keys.prefix_range_end(prefix),
+            keys_only=True,
+            limit=1,
+            sort_order=aetcd.rpc.RangeRequest.DESCEND,
+            sort_target=aetcd.rpc.RangeRequest.MOD,
+        )
+        resp = await self._kv("Range", req)
+        newest = resp.kvs[0].mod_revision if resp.kvs else 0
+        return int(newest), int(resp.header.revision)
 
-    async def delete(self, key: str) -> None:
-        await self._call(self._client.delete, key.encode())
+    # --- writes ---------------------------------------------------------------------------
 
-    async def apply(self, *, puts: Mapping[str, bytes], deletes: Iterable[str] = ()) -> int:
-        """Writes ``puts`` and ``deletes`` in transactions of at most MAX_TXN_OPS operations.
+    async def put(
+        self, key: str, value: bytes, *, lease: int = 0, fence: Fence | None = None
+    ) -> int:
+        """Writes one key (under ``lease`` if given); returns the revision of the write."""
+        return await self.apply(puts={key: value}, lease=lease, fence=fence)
 
-        Each transaction is atomic; a larger change is written as several, in the order given
-        (puts first), so a caller orders what must land first. Returns the revision of the
-        last transaction (0 when nothing was written).
+    async def delete(self, key: str, *, fence: Fence | None = None) -> int:
+        return await self.apply(puts={}, deletes=[key], fence=fence)
+
+    async def apply(
+        self,
+        *,
+        puts: Mapping[str, bytes],
+        deletes: Iterable[str] = (),
+        fence: Fence | None = None,
+        lease: int = 0,
+    ) -> int:
+        """Writes ``puts`` and ``deletes`` in transactions within etcd's limits.
+
+        A transaction holds at most MAX_TXN_OPS operations and MAX_TXN_BYTES of keys and
+        values; each is atomic, and a larger change is written as several, in the order given
+        (puts first), so a caller orders what must land first. With ``fence`` every
+        transaction lands only if the fence still holds, else Deposed is raised and nothing
+        more is written. Returns the revision of the last transaction (0 when nothing was
+        written).
         """
-        tx = self._client.transactions
-        ops: list[Any] = [tx.put(k.encode(), v) for k, v in puts.items()]
-        ops += [tx.delete(k.encode()) for k in deletes]
+        ops: list[Any] = [
+            aetcd.rpc.RequestOp(
+                request_put=aetcd.rpc.PutRequest(key=k.encode(), value=v, lease=lease)
+            )
+            for k, v in puts.items()
+        ]
+        ops += [
+            aetcd.rpc.RequestOp(request_delete_range=aetcd.rpc.DeleteRangeRequest(key=k.encode()))
+            for k in deletes
+        ]
         revision = 0
-        for start in range(0, len(ops), MAX_TXN_OPS):
-            chunk = ops[start : start + MAX_TXN_OPS]
-            revision = await self._txn_revision(chunk)
+        for chunk in _batches(ops):
+            revision = await self._txn(chunk, fence)
         return revision
 
-    async def _txn_revision(self, ops: list[Any]) -> int:
-        req = aetcd.rpc.TxnRequest(compare=[], success=self._client._ops_to_requests(ops))
-
-        async def call() -> Any:
-            await self._client.connect()
-            return await self._client.kvstub.Txn(
-                req, timeout=self._client._timeout, metadata=self._client.metadata
-            )
-
-        resp = await self._call(_wrap_rpc(call))
+    async def _txn(self, ops: list[Any], fence: Fence | None) -> int:
+        compare = [] if fence is None else [_fence_compare(fence)]
+        resp = await self._kv("Txn", aetcd.rpc.TxnRequest(compare=compare, success=ops))
+        if fence is not None:
+            FENCED_TXNS.labels(result="landed" if resp.succeeded else "rejected").inc()
+            if not resp.succeeded:
+                raise Deposed(fence)
         return int(resp.header.revision)
 
+    async def create(self, key: str, value: bytes, *, lease: int = 0) -> tuple[bool, KeyValue]:
+        """Writes ``key`` only if it does not exist; returns (created, the key as it is now)."""
+        req = aetcd.rpc.TxnRequest(
+            compare=[
+                aetcd.rpc.Compare(
+                    key=key.encode(),
+                    target=aetcd.rpc.Compare.CREATE,
+                    result=aetcd.rpc.Compare.EQUAL,
+                    create_revision=0,
+                )
+            ],
+            success=[
+                aetcd.rpc.RequestOp(
+                    request_put=aetcd.rpc.PutRequest(key=key.encode(), value=value, lease=lease)
+                )
+            ],
+            failure=[aetcd.rpc.RequestOp(request_range=aetcd.rpc.RangeRequest(key=key.encode()))],
+        )
+        resp = await self._kv("Txn", req)
+        if resp.succeeded:
+            rev = int(resp.header.revision)
+            return True, KeyValue(key, value, rev, create_revision=rev, lease=lease)
+        kvs = resp.responses[0].response_range.kvs
+        if not kvs:  # NOTE: deleted between the compare and the range: impossible in one txn.
+            raise EtcdError(f"{key}: neither created nor found")
+        return False, _kv_of(kvs[0])
+
     async def compact(self, revision: int) -> None:
-        await self._call(self._client.compact, revision, True)
+        await self._kv("Compact", aetcd.rpc.CompactionRequest(revision=revision, physical=True))
+
+    # --- leases ---------------------------------------------------------------------------
+
+    async def grant(self, ttl: int) -> tuple[int, int]:
+        """A new lease; returns (its id, the TTL etcd granted)."""
+        resp = await self._rpc(
+            "leasestub", "LeaseGrant", aetcd.rpc.LeaseGrantRequest(TTL=ttl), None
+        )
+        if resp.error:
+            raise EtcdError(f"lease grant refused: {resp.error}")
+        return int(resp.ID), int(resp.TTL)
+
+    async def keepalive(self, lease: int, *, within: float) -> int:
+        """Refreshes ``lease`` once; returns its new TTL, 0 when etcd no longer has it.
+
+        Not retried here: the caller knows how long its lease lasts and retries within that.
+        """
+
+        async def once() -> int:
+            await self._client.connect()
+            call = self._client.leasestub.LeaseKeepAlive(
+                iter([aetcd.rpc.LeaseKeepAliveRequest(ID=lease)]),
+                timeout=within,
+                metadata=self._client.metadata,
+            )
+            async for reply in call:
+                return int(reply.TTL)
+            return 0
+
+        try:
+            async with asyncio.timeout(within):
+                return await once()
+        except aetcd.rpc.AioRpcError as exc:
+            raise EtcdUnavailable(f"lease keepalive failed: {exc.code().name}") from exc
+        except TimeoutError as exc:
+            raise EtcdUnavailable("lease keepalive timed out") from exc
+
+    async def revoke(self, lease: int) -> None:
+        """Ends ``lease`` now: every key under it is deleted. A lease already gone is fine."""
+        try:
+            await self._rpc("leasestub", "LeaseRevoke", aetcd.rpc.LeaseRevokeRequest(ID=lease), 2.0)
+        except aetcd.exceptions.ClientError as exc:
+            if "not found" not in str(exc):
+                raise EtcdError(f"lease revoke failed: {exc}") from exc
+
+    # --- watches --------------------------------------------------------------------------
 
     async def watch_prefix(self, prefix: str, *, start_revision: int) -> AsyncIterator[Event]:
         """Every change under ``prefix`` from ``start_revision`` on, in revision order.
@@ -256,11 +417,22 @@ class Etcd:
         through aetcd's multiplexing Watcher: that one deadlocks when a watch is cancelled
         while another is being created (seen: a hang in about one run out of three).
         """
+        async for ev in self._watch(prefix.encode(), keys.prefix_range_end(prefix), start_revision):
+            yield ev
+
+    async def watch_key(self, key: str, *, start_revision: int) -> AsyncIterator[Event]:
+        """Every change of one key from ``start_revision`` on (see ``watch_prefix``)."""
+        async for ev in self._watch(key.encode(), b"", start_revision):
+            yield ev
+
+    async def _watch(
+        self, key: bytes, range_end: bytes, start_revision: int
+    ) -> AsyncIterator[Event]:
         next_revision = start_revision
         attempt = 0
         while True:
             try:
-                async for batch in self._watch_stream(prefix, next_revision):
+                async for batch in self._watch_stream(key, range_end, next_revision):
                     attempt = 0
                     for ev in batch:
                         next_revision = ev.revision + 1
@@ -275,18 +447,17 @@ class Etcd:
             log.log(
                 logging.WARNING if attempt == 1 else logging.DEBUG,
                 "etcd watch broken, resuming",
-                extra={"prefix": prefix, "revision": next_revision, "error": error},
+                extra={"prefix": key.decode(), "revision": next_revision, "error": error},
             )
             await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
 
-    async def _watch_stream(self, prefix: str, revision: int) -> AsyncIterator[list[Event]]:
+    async def _watch_stream(
+        self, key: bytes, range_end: bytes, revision: int
+    ) -> AsyncIterator[list[Event]]:
         await self._client.connect()
         create = aetcd.rpc.WatchRequest(
             create_request=aetcd.rpc.WatchCreateRequest(
-                key=prefix.encode(),
-                range_end=keys.prefix_range_end(prefix),
-                start_revision=revision,
-                progress_notify=True,
+                key=key, range_end=range_end, start_revision=revision, progress_notify=True
             )
         )
         done = asyncio.Event()
@@ -297,6 +468,8 @@ class Etcd:
             await done.wait()
 
         stub = aetcd.rpc.WatchStub(self._client.channel)
+        # NOTE: ``hasleader`` matters most here: a member that loses its leader cancels the
+        # watch (we resume on another member) instead of going silent.
         call = stub.Watch(requests(), metadata=self._client.metadata)
         try:
             async for resp in call:
@@ -318,20 +491,77 @@ class Etcd:
             call.cancel()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class MemberStatus:
+    endpoint: str
+    member_id: int
+    leader_id: int
+    revision: int
+    raft_term: int
+
+    @property
+    def is_leader(self) -> bool:
+        return self.member_id == self.leader_id != 0
+
+
+async def member_status(endpoint: str, *, within: float = 2.0) -> MemberStatus:
+    """What one member (``host:port``) says of itself; raises EtcdUnavailable if it is silent."""
+    client = _Client([endpoint], within)
+    try:
+        await client.connect()
+        resp = await client.maintenancestub.Status(
+            aetcd.rpc.StatusRequest(), timeout=within, metadata=()
+        )
+    except aetcd.rpc.AioRpcError as exc:
+        raise EtcdUnavailable(f"etcd member {endpoint}: {exc.code().name}") from exc
+    finally:
+        await client.close()
+    return MemberStatus(
+        endpoint=endpoint,
+        member_id=int(resp.header.member_id),
+        leader_id=int(resp.leader),
+        revision=int(resp.header.revision),
+        raft_term=int(resp.raftTerm),
+    )
+
+
 _DELETE = 1
 """``mvccpb.Event.DELETE``."""
 
 
-def _wrap_rpc(call: Any) -> Any:
-    """Turn raw gRPC errors of a direct stub call into aetcd's exception types."""
+def _kv_of(kv: Any) -> KeyValue:
+    return KeyValue(
+        kv.key.decode(),
+        kv.value,
+        int(kv.mod_revision),
+        create_revision=int(kv.create_revision),
+        lease=int(kv.lease),
+    )
 
-    async def wrapped() -> Any:
-        try:
-            return await call()
-        except aetcd.rpc.AioRpcError as exc:
-            aetcd.exceptions._handle_exception(exc)
 
-    return wrapped
+def _fence_compare(fence: Fence) -> Any:
+    return aetcd.rpc.Compare(
+        key=fence.key.encode(),
+        target=aetcd.rpc.Compare.CREATE,
+        result=aetcd.rpc.Compare.EQUAL,
+        create_revision=fence.token,
+    )
+
+
+def _batches(ops: list[Any]) -> Iterable[list[Any]]:
+    """Consecutive runs of ``ops`` within MAX_TXN_OPS and MAX_TXN_BYTES (an op larger than
+    MAX_TXN_BYTES goes alone: etcd decides whether it fits its request limit)."""
+    batch: list[Any] = []
+    size = 0
+    for op in ops:
+        op_size = op.ByteSize()
+        if batch and (len(batch) >= MAX_TXN_OPS or size + op_size > MAX_TXN_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(op)
+        size += op_size
+    if batch:
+        yield batch
 
 
 def _log_retry(state: tenacity.RetryCallState) -> None:

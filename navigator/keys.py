@@ -14,7 +14,26 @@ Layout (``<ns>`` is ``_`` for cluster-scoped objects)::
     /navigator/v1/diagnostics/<app>                     what translation skipped for an app (JSON)
     /navigator/v1/config/cluster-weights/<cluster>      operator's weight for a cluster (JSON)
     /navigator/v1/config/tracing                        mesh-wide tracing setting (JSON)
+    /navigator/v1/config/shards                         number of translator shards (JSON)
     /navigator/v1/diagnostics/_mesh                     ... and for services (any app)
+    /navigator/v1/snapshots/chunks/<app>/<cluster>/<hash>
+                                                        a part of an app snapshot too large for
+                                                        one value (its head names the parts)
+    /navigator/v1/watchers/<cluster>/leader             the watcher replica writing <cluster>
+                                                        (under that replica's lease)
+    /navigator/v1/stale/<cluster>                       <cluster>'s API server is unreachable:
+                                                        since when (JSON, no lease)
+    /navigator/v1/shards/<n>/leader                     the translator leading shard <n> (lease)
+    /navigator/v1/members/<role>/<id>                   a running process (JSON, under its lease)
+
+Leadership keys are written only by ``coordinator.election``: a leader's fencing token is the
+create revision of its key, and every write it makes compares it.
+
+Ownership: every key under ``snapshots/`` and ``diagnostics/`` belongs to exactly one
+translator shard (``owner_shard``), whose leader alone writes it. An app's keys belong to the
+app's shard (``shard_of``); a service's endpoint assignments to the shard of ``<ns>/<name>``;
+the mesh's own keys to the shard of ``_default``. WARNING: changing ``shard_of`` makes two
+versions in a rolling upgrade disagree on who writes what.
 
 Cluster, app and object names are DNS labels or subdomains, so they never contain ``/``.
 """
@@ -22,6 +41,7 @@ Cluster, app and object names are DNS labels or subdomains, so they never contai
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 from navigator import model
 
@@ -36,6 +56,13 @@ CONFIG = ROOT + "config/"
 CLUSTER_WEIGHTS = CONFIG + "cluster-weights/"
 TRACING = CONFIG + "tracing"
 """The mesh-wide tracing setting (``navigator.model.Tracing`` JSON); absent: no tracing."""
+SHARD_COUNT = CONFIG + "shards"
+"""The number of translator shards (``{"shards": N}``); the first translator writes it."""
+CHUNKS = SNAPSHOTS + "chunks/"
+WATCHERS = ROOT + "watchers/"
+STALE = ROOT + "stale/"
+SHARDS = ROOT + "shards/"
+MEMBERS = ROOT + "members/"
 
 CLUSTER_SCOPED = "_"
 DEFAULT_APP = model.AppName("_default")
@@ -151,3 +178,95 @@ def prefix_range_end(prefix: str) -> bytes:
             raw[i] += 1
             return bytes(raw[: i + 1])
     return b"\0"
+
+
+def chunk_prefix(app: model.AppName, cluster: model.ClusterName) -> str:
+    return f"{CHUNKS}{app}/{cluster}/"
+
+
+def chunk_key(app: model.AppName, cluster: model.ClusterName, digest: str) -> str:
+    """A part of the app snapshot of (app, cluster), named by the hash of its bytes."""
+    return f"{chunk_prefix(app, cluster)}{digest}"
+
+
+def watcher_leader_key(cluster: model.ClusterName) -> str:
+    return f"{WATCHERS}{cluster}/leader"
+
+
+def parse_watcher_leader_key(key: str) -> model.ClusterName:
+    rest = key[len(WATCHERS) :] if key.startswith(WATCHERS) else ""
+    cluster, sep, leaf = rest.partition("/")
+    if not cluster or not sep or leaf != "leader":
+        raise SchemaError(f"not a watcher leader key: {key!r}")
+    return model.ClusterName(cluster)
+
+
+def stale_key(cluster: model.ClusterName) -> str:
+    return f"{STALE}{cluster}"
+
+
+def parse_stale_key(key: str) -> model.ClusterName:
+    if not key.startswith(STALE) or "/" in key[len(STALE) :] or key == STALE:
+        raise SchemaError(f"not a stale key: {key!r}")
+    return model.ClusterName(key[len(STALE) :])
+
+
+def shard_leader_key(shard: int) -> str:
+    return f"{SHARDS}{shard}/leader"
+
+
+def parse_shard_leader_key(key: str) -> int:
+    rest = key[len(SHARDS) :] if key.startswith(SHARDS) else ""
+    shard, sep, leaf = rest.partition("/")
+    if not shard.isdigit() or not sep or leaf != "leader":
+        raise SchemaError(f"not a shard leader key: {key!r}")
+    return int(shard)
+
+
+def members_prefix(role: str | None = None) -> str:
+    return MEMBERS if role is None else f"{MEMBERS}{role}/"
+
+
+def member_key(role: str, member_id: str) -> str:
+    return f"{MEMBERS}{role}/{member_id}"
+
+
+def parse_member_key(key: str) -> tuple[str, str]:
+    """Returns (role, id)."""
+    rest = key[len(MEMBERS) :] if key.startswith(MEMBERS) else ""
+    role, sep, member_id = rest.partition("/")
+    if not role or not sep or not member_id or "/" in member_id:
+        raise SchemaError(f"not a member key: {key!r}")
+    return role, member_id
+
+
+def shard_of(name: str, shards: int) -> int:
+    """The translator shard of an app (or of a service's ``<ns>/<name>``): a stable hash.
+
+    WARNING - STABLE: every translator of a mesh must compute the same owner.
+    """
+    if shards < 1:
+        raise ValueError(f"the number of shards must be at least 1, got {shards}")
+    digest = hashlib.sha256(name.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % shards
+
+
+def owner_shard(key: str, shards: int) -> int | None:
+    """The shard whose leader writes ``key``; None for keys outside the translators' prefixes."""
+    if key.startswith(APP_SNAPSHOTS):
+        return shard_of(key[len(APP_SNAPSHOTS) :].split("/", 1)[0], shards)
+    if key.startswith(CHUNKS):
+        return shard_of(key[len(CHUNKS) :].split("/", 1)[0], shards)
+    if key.startswith(EDS_SNAPSHOTS):
+        ns, _, rest = key[len(EDS_SNAPSHOTS) :].partition("/")
+        return shard_of(f"{ns}/{rest.split(':', 1)[0]}", shards)
+    if key == MESH_DIAGNOSTICS:
+        return shard_of(DEFAULT_APP, shards)
+    if key.startswith(DIAGNOSTICS):
+        return shard_of(key[len(DIAGNOSTICS) :], shards)
+    return None
+
+
+def service_shard(namespace: str, name: str, shards: int) -> int:
+    """The shard that writes the endpoint assignments of a service."""
+    return shard_of(f"{namespace}/{name}", shards)

@@ -7,6 +7,7 @@ shims on PATH), so the PID we hold is the server's own and signals reach it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -67,6 +68,23 @@ def wait_tcp(
     raise ProcError(f"{host}:{port} did not open within {timeout}s")
 
 
+@dataclasses.dataclass
+class EtcdMember:
+    """One member of an etcd cluster that we started; ``popen`` is the real etcd's process."""
+
+    name: str
+    client_url: str
+    peer_url: str
+    data_dir: Path
+    log_file: Path | None
+    initial_cluster: str
+    popen: subprocess.Popen[bytes]
+
+    @property
+    def client_port(self) -> int:
+        return int(self.client_url.rpartition(":")[2])
+
+
 def start_etcd(
     data_dir: Path,
     *,
@@ -81,7 +99,61 @@ def start_etcd(
     peer_port = peer_port or free_port(host)
     client_url = f"http://{host}:{client_port}"
     peer_url = f"http://{host}:{peer_port}"
-    args = [
+    proc = start(
+        _etcd_args(name, data_dir, client_url, peer_url, f"{name}={peer_url}", "new"),
+        log_file=log_file,
+    )
+    wait_tcp(host, client_port, proc=proc)
+    return proc, client_url
+
+
+def start_etcd_cluster(
+    base_dir: Path, *, members: int = 3, host: str = "127.0.0.1", logs: Path | None = None
+) -> list[EtcdMember]:
+    """Starts an etcd cluster of ``members`` members on ``host``; waits until each listens."""
+    names = [f"etcd{i}" for i in range(members)]
+    client = {n: f"http://{host}:{free_port(host)}" for n in names}
+    peer = {n: f"http://{host}:{free_port(host)}" for n in names}
+    initial = ",".join(f"{n}={peer[n]}" for n in names)
+    out: list[EtcdMember] = []
+    try:
+        for n in names:
+            log_file = (logs or base_dir) / f"{n}.log"
+            data_dir = base_dir / n
+            popen = start(
+                _etcd_args(n, data_dir, client[n], peer[n], initial, "new"), log_file=log_file
+            )
+            out.append(EtcdMember(n, client[n], peer[n], data_dir, log_file, initial, popen))
+        for m in out:
+            wait_tcp(host, m.client_port, proc=m.popen)
+    except BaseException:
+        for m in out:
+            stop(m.popen)
+        raise
+    return out
+
+
+def restart_etcd_member(member: EtcdMember) -> None:
+    """Starts a stopped or killed member again, on its data directory."""
+    member.popen = start(
+        _etcd_args(
+            member.name,
+            member.data_dir,
+            member.client_url,
+            member.peer_url,
+            member.initial_cluster,
+            "existing",
+        ),
+        log_file=member.log_file,
+    )
+    host = member.client_url.split("://")[1].rpartition(":")[0]
+    wait_tcp(host, member.client_port, proc=member.popen)
+
+
+def _etcd_args(
+    name: str, data_dir: Path, client_url: str, peer_url: str, initial: str, state: str
+) -> list[str]:
+    return [
         str(etcd_binary()),
         "--name",
         name,
@@ -96,9 +168,9 @@ def start_etcd(
         "--initial-advertise-peer-urls",
         peer_url,
         "--initial-cluster",
-        f"{name}={peer_url}",
+        initial,
         "--initial-cluster-state",
-        "new",
+        state,
         # NOTE: 3.5.0-3.5.2 can lose committed data on kill without this check.
         "--experimental-initial-corrupt-check",
         "--log-level",
@@ -106,9 +178,6 @@ def start_etcd(
         "--quota-backend-bytes",
         str(2 * 1024**3),
     ]
-    proc = start(args, log_file=log_file)
-    wait_tcp(host, client_port, proc=proc)
-    return proc, client_url
 
 
 def start(
