@@ -230,9 +230,14 @@ async def run_sessions(etcd: etcd_mod.Etcd, *, ttl: int, body: Body) -> None:
             worker.cancel()
             await asyncio.gather(keeper, worker, return_exceptions=True)
             await asyncio.shield(current.close())
-        if not worker.cancelled():
+        if not current.lost.is_set() and not worker.cancelled():
             worker.result()  # NOTE: the body ended on its own: re-raise what it raised.
             return
+        if not worker.cancelled() and worker.exception() is not None:
+            log.warning(
+                "a session's work failed as the session was lost",
+                extra={"error": str(worker.exception())},
+            )
         log.warning("starting a new session", extra={"lost_lease": f"{current.lease:x}"})
 
 

@@ -248,15 +248,17 @@ def _describe(exc: BaseException) -> str:
 
 
 class Reachability:
-    """Whether a cluster's API server answers, shared by its informers.
+    """Whether a cluster's API server answers, shared by its informers; tells the store.
 
     NOTE: an outage is logged once when it starts and once when it ends, however many
     informers and retries see it.
     """
 
-    def __init__(self, cluster: model.ClusterName) -> None:
+    def __init__(self, cluster: model.ClusterName, sink: store.SyncStore | None = None) -> None:
         self.cluster = cluster
+        self._sink = sink
         self._down = False
+        self._seen = False
         metrics.API_REACHABLE.labels(cluster).set(1)
 
     @property
@@ -266,17 +268,23 @@ class Reachability:
     def down(self, exc: BaseException) -> None:
         if not self._down:
             log.warning(
-                "Kubernetes API unreachable; keeping the cluster's last state, retrying",
+                "Kubernetes API unreachable; keeping the cluster's last state (marked stale), "
+                "retrying",
                 extra={"cluster": self.cluster, "error": str(exc)},
             )
             metrics.API_REACHABLE.labels(self.cluster).set(0)
+            if self._sink is not None:
+                self._sink.api_reachable(False, str(exc))
         self._down = True
 
     def up(self) -> None:
         if self._down:
             log.info("Kubernetes API reachable again", extra={"cluster": self.cluster})
             metrics.API_REACHABLE.labels(self.cluster).set(1)
+        if (self._down or not self._seen) and self._sink is not None:
+            self._sink.api_reachable(True)
         self._down = False
+        self._seen = True
 
 
 class Informer:

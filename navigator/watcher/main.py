@@ -1,7 +1,8 @@
 """``navigator watcher``: one Kubernetes cluster's objects, normalized, into etcd.
 
 Wires the pieces together: a ``KubeApi`` from a kubeconfig, one ``Informer`` per kind, one
-``SyncStore`` for the cluster, and the server behaviour every component shares
+``SyncStore`` for the cluster, the cluster's leader election (run any number of replicas per
+cluster: one writes, the others stay warm), and the server behaviour every component shares
 (``navigator.runtime``: JSON logs, /healthz, /readyz, /metrics, SIGTERM).
 
 The watcher itself (``runner.run_watcher``) is shared with the lab and the tests.
@@ -18,6 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from coordinator import etcd as etcd_mod
+from coordinator import membership
 from navigator import runtime
 from navigator.watcher import informer, runner
 
@@ -41,6 +43,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated etcd endpoints (default: $NAVIGATOR_ETCD or %(default)s)",
     )
     parser.add_argument("--http", default="127.0.0.1:0", help="health/metrics address host:port")
+    parser.add_argument(
+        "--id",
+        default=membership.default_id(),
+        help="this replica's id in etcd (default: $POD_NAME, else <hostname>-<pid>)",
+    )
+    parser.add_argument(
+        "--lease-ttl",
+        type=int,
+        default=5,
+        help="seconds a dead leader keeps the cluster before a standby takes over (default 5)",
+    )
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
     return parser.parse_args(argv)
 
@@ -54,10 +67,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     runtime.setup_logging(args.log_level, component="watcher")
 
+    if args.lease_ttl < 2:
+        print(f"{PROG}: --lease-ttl must be at least 2 seconds", file=sys.stderr)
+        return 2
+
     async def serve(stop: asyncio.Event) -> int:
         health = runtime.Health()
         async with contextlib.AsyncExitStack() as stack:
             client = await stack.enter_async_context(etcd_mod.Etcd(endpoints, retry_for=10.0))
+            bound = await stack.enter_async_context(runtime.http_server(args.http, health))
             try:
                 w = await stack.enter_async_context(
                     runner.run_watcher(
@@ -65,15 +83,17 @@ def main(argv: list[str] | None = None) -> int:
                         kube_config=args.kubeconfig,
                         context=args.context,
                         etcd=client,
+                        replica=runner.Replica(
+                            member_id=args.id, lease_ttl=args.lease_ttl, http=bound
+                        ),
                     )
                 )
             except informer.KubeConfigError as exc:
                 print(f"{PROG}: {exc}", file=sys.stderr)
                 return 2
-            bound = await stack.enter_async_context(runtime.http_server(args.http, health))
             log.info(
                 "watcher started",
-                extra={"cluster": args.cluster, "http": bound, "etcd": args.etcd},
+                extra={"cluster": args.cluster, "http": bound, "etcd": args.etcd, "id": args.id},
             )
             readiness = asyncio.create_task(_readiness(w, client, health))
             await runtime.wait_stop(stop, readiness)
@@ -84,17 +104,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _readiness(w: runner.Watcher, client: etcd_mod.Etcd, health: runtime.Health) -> None:
-    """Ready = the synced marker is written and etcd answers."""
+    """Ready = etcd answers, and: the leader has written the synced marker, or a standby has
+    listed every kind (it can take over)."""
     while True:
         try:
             await asyncio.wait_for(client.ping(), timeout=2.0)
             etcd_ok = True
         except (etcd_mod.EtcdError, TimeoutError):
             etcd_ok = False
-        if not w.store.synced.is_set():
-            health.set_ready(False, "not synced yet")
-        elif not etcd_ok:
+        if not etcd_ok:
             health.set_ready(False, "etcd unreachable")
+        elif w.store.leading and not w.store.synced.is_set():
+            health.set_ready(False, "leading, not synced yet")
+        elif not w.store.leading and not w.store.warm.is_set():
+            health.set_ready(False, "standby, not every kind listed yet")
         else:
             health.set_ready(True)
         await asyncio.sleep(1.0)

@@ -53,3 +53,14 @@ ETCD_ERRORS = prometheus_client.Counter(
     "Failed etcd writes (retried; nothing pending is lost).",
     ["cluster"],
 )
+STALE_SECONDS = prometheus_client.Gauge(
+    "navigator_watcher_stale_seconds",
+    "How long the cluster's API server has not answered (0 while it answers); its last state "
+    "is kept and served meanwhile.",
+    ["cluster"],
+)
+LEADING = prometheus_client.Gauge(
+    "navigator_watcher_leading",
+    "1 while this replica is the one writing the cluster's state.",
+    ["cluster"],
+)

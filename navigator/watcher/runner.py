@@ -5,8 +5,10 @@ The small async API the command, the lab and the tests share::
     async with runner.run_watcher(cluster="east", kube_config=path, etcd=client) as w:
         await w.synced.wait()
 
-NOTE: leader election between watcher replicas of one cluster is not done here yet: run
-exactly one watcher per cluster until it is.
+Without ``replica`` the watcher writes unconditionally (tests of one watcher). With it, the
+watcher is one replica among several of its cluster: its informers always run (warm), it
+registers as a member and campaigns for the cluster's leadership key, and its store writes
+only during its terms, fenced (``navigator.watcher.store``).
 """
 
 from __future__ import annotations
@@ -18,11 +20,23 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+from coordinator import election, membership, session
 from coordinator import etcd as etcd_mod
-from navigator import model
-from navigator.watcher import informer, store
+from navigator import keys, model
+from navigator.watcher import informer, metrics, store
 
 log = logging.getLogger(__name__)
+
+ROLE = "watcher"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Replica:
+    """How this watcher takes part in its cluster's election."""
+
+    member_id: str
+    lease_ttl: int = 5
+    http: str = ""
 
 
 @dataclasses.dataclass
@@ -39,6 +53,45 @@ class Watcher:
         return self.store.synced
 
 
+async def _as_replica(
+    sync: store.SyncStore, etcd: etcd_mod.Etcd, replica: Replica, s: session.Session
+) -> None:
+    """One session of a replica: registered, campaigning, writing while it leads."""
+    cluster = sync.cluster
+    registration = membership.Registration(
+        etcd, membership.Member(role=ROLE, id=replica.member_id, http=replica.http)
+    )
+    registering = asyncio.create_task(registration.run(s), name=f"watcher-register-{cluster}")
+
+    async def term(leadership: election.Leadership) -> None:
+        registration.set_leads([f"{ROLE}/{cluster}"])
+        metrics.LEADING.labels(cluster).set(1)
+        try:
+            await sync.lead(leadership.fence)
+        except etcd_mod.Deposed as exc:
+            log.warning(
+                "deposed: another replica writes the cluster now",
+                extra={"cluster": cluster, "error": str(exc)},
+            )
+        finally:
+            metrics.LEADING.labels(cluster).set(0)
+            registration.set_leads([])
+
+    try:
+        await election.lead(
+            etcd,
+            s,
+            key=keys.watcher_leader_key(cluster),
+            value=election.leader_value(replica.member_id),
+            role=ROLE,
+            body=term,
+        )
+    finally:
+        registering.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await registering
+
+
 @contextlib.asynccontextmanager
 async def run_watcher(
     *,
@@ -51,6 +104,7 @@ async def run_watcher(
     max_backoff: float = 5.0,
     not_served_retry: float = 30.0,
     write_delay: float = 0.01,
+    replica: Replica | None = None,
 ) -> AsyncIterator[Watcher]:
     """Runs a watcher for ``cluster`` until the block exits; every task is ended on exit.
 
@@ -66,8 +120,9 @@ async def run_watcher(
         kinds=[r.kind for r in resources],
         delay=write_delay,
         max_backoff=max_backoff,
+        member_id=replica.member_id if replica is not None else "",
     )
-    reach = informer.Reachability(name)
+    reach = informer.Reachability(name, sync)
     informers = [
         informer.Informer(
             cluster=name,
@@ -81,7 +136,15 @@ async def run_watcher(
         )
         for resource in resources
     ]
-    tasks = [asyncio.create_task(sync.run(), name=f"watcher-store-{cluster}")]
+    if replica is None:
+        writer = sync.run()
+    else:
+        writer = session.run_sessions(
+            etcd,
+            ttl=replica.lease_ttl,
+            body=lambda s: _as_replica(sync, etcd, replica, s),
+        )
+    tasks = [asyncio.create_task(writer, name=f"watcher-store-{cluster}")]
     tasks += [
         asyncio.create_task(inf.run(), name=f"watcher-{cluster}-{inf.kind.value}")
         for inf in informers

@@ -540,9 +540,7 @@ HTTP = (EP("http", 8080),)
             id="ports-of-the-slice-sorted-portless-left-out",
         ),
         pytest.param(
-            slice_obj(
-                [{"addresses": ["10.1.0.1"], "targetRef": {"kind": "Node", "name": "x"}}]
-            ),
+            slice_obj([{"addresses": ["10.1.0.1"], "targetRef": {"kind": "Node", "name": "x"}}]),
             (model.Endpoint("10.1.0.1", True, HTTP),),
             id="target-ref-not-a-pod",
         ),

@@ -9,6 +9,9 @@ import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import prometheus_client
+import pytest
+
 from coordinator import etcd as etcd_mod
 from navigator import keys, model
 from navigator.lab import procs
@@ -198,4 +201,101 @@ async def test_etcd_down_then_up_loses_nothing(tmp_path: Path) -> None:
 
 
 async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_a_new_term_reconciles_against_etcd_and_the_old_term_cannot_write(
+    etcd: etcd_mod.Etcd,
+) -> None:
+    from coordinator import election, session
+
+    kinds = [model.Kind.NODE]
+    a = store.SyncStore(cluster=C, etcd=etcd, kinds=kinds, delay=0.005, member_id="a")
+    b = store.SyncStore(cluster=C, etcd=etcd, kinds=kinds, delay=0.005, member_id="b")
+    sa = await session.Session.open(etcd, ttl=5)
+    sb = await session.Session.open(etcd, ttl=5)
+    key = keys.watcher_leader_key(C)
+    term_a = await election.campaign(etcd, sa, key, b"a")
+    assert term_a is not None
+    for s in (a, b):
+        for n in ("kept", "gone", "bad"):
+            s.upsert(node(n))
+        s.listed(model.Kind.NODE, {convert.identity_of(node(n)) for n in ("kept", "gone", "bad")})
+    writing_a = asyncio.create_task(a.lead(term_a.fence))
+    await asyncio.wait_for(a.synced.wait(), 10)
+    before = {
+        k: kv.mod_revision for k, kv in (await etcd.get_prefix(keys.state_prefix(C))).items.items()
+    }
+
+    # While a leads, b (a warm standby) sees "gone" deleted and "bad" become malformed.
+    b.delete(convert.identity_of(node("gone")))
+    b.keep(convert.identity_of(node("bad")))
+    b.listed(model.Kind.NODE, {convert.identity_of(node(n)) for n in ("kept", "bad")})
+    assert await etcd.get(keys.state_key(node("gone"))) is not None, "a standby never writes"
+    assert b.warm.is_set()
+
+    await etcd.revoke(sa.lease)  # a's lease ends (as when a dies); b is elected
+    term_b = await election.campaign(etcd, sb, key, b"b")
+    assert term_b is not None
+    writing_b = asyncio.create_task(b.lead(term_b.fence))
+    try:
+        await asyncio.wait_for(b.synced.wait(), 10)
+        after = {
+            k: kv.mod_revision
+            for k, kv in (await etcd.get_prefix(keys.state_prefix(C))).items.items()
+        }
+        # Deleted: what the API no longer has. Kept untouched: the rest, the malformed one too.
+        assert set(after) == {keys.state_key(node("kept")), keys.state_key(node("bad"))}
+        assert all(after[k] == before[k] for k in after)
+
+        # The old term writes again (it did not notice): etcd refuses it.
+        a.upsert(node("kept", zone="z9"))
+        with pytest.raises(etcd_mod.Deposed):
+            await asyncio.wait_for(writing_a, 10)
+        kept = await etcd.get(keys.state_key(node("kept")))
+        assert kept is not None
+        assert model.decode(model.Kind.NODE, kept.value) == node("kept")
+    finally:
+        writing_b.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writing_b
+
+
+async def test_an_unreachable_api_marks_the_cluster_stale_and_keeps_its_state(
+    etcd: etcd_mod.Etcd,
+) -> None:
+    s = store.SyncStore(cluster=C, etcd=etcd, kinds=[model.Kind.NODE], delay=0.005, member_id="w")
+    async with running(s):
+        s.api_reachable(True)
+        s.upsert(node("a"))
+        s.listed(model.Kind.NODE, {convert.identity_of(node("a"))})
+        await asyncio.wait_for(s.synced.wait(), 10)
+        assert await etcd.get(keys.stale_key(C)) is None
+
+        s.api_reachable(False, "connection refused")
+
+        async def marked() -> bool:
+            return await etcd.get(keys.stale_key(C)) is not None
+
+        await eventually(marked)
+        doc = json.loads((await etcd.get(keys.stale_key(C))).value)  # type: ignore[union-attr]
+        assert doc["error"] == "connection refused" and doc["leader"] == "w"
+        await asyncio.sleep(0.05)
+        assert _stale_seconds() > 0.0
+        assert await etcd.get(keys.state_key(node("a"))) is not None, "stale state is kept"
+
+        s.api_reachable(True)
+
+        async def cleared() -> bool:
+            return await etcd.get(keys.stale_key(C)) is None
+
+        await eventually(cleared)
+        assert _stale_seconds() == 0.0
+
+
+def _stale_seconds() -> float:
+    value = prometheus_client.REGISTRY.get_sample_value(
+        "navigator_watcher_stale_seconds", {"cluster": C}
+    )
+    assert value is not None
     return value
