@@ -191,6 +191,27 @@ class Event:
     revision: int
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Progress:
+    """Every change up to ``revision`` has been delivered on this watch (etcd's progress
+    notification, sent when asked for with ``Progress.request``)."""
+
+    revision: int
+
+
+class ProgressRequests:
+    """Asks a running watch for progress notifications (``watch_prefix(progress=...)``)."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[None] = asyncio.Queue()
+
+    def request(self) -> None:
+        self._queue.put_nowait(None)
+
+    async def next(self) -> None:
+        await self._queue.get()
+
+
 class Etcd:
     """A connection to an etcd cluster; every call retries transient errors with backoff."""
 
@@ -406,6 +427,15 @@ class Etcd:
 
     # --- watches --------------------------------------------------------------------------
 
+    async def watch_progress(
+        self, prefix: str, *, start_revision: int, progress: ProgressRequests
+    ) -> AsyncIterator[Event | Progress]:
+        """``watch_prefix`` that also yields a ``Progress`` after each ``progress.request()``."""
+        async for item in self._watch(
+            prefix.encode(), keys.prefix_range_end(prefix), start_revision, progress
+        ):
+            yield item
+
     async def watch_prefix(self, prefix: str, *, start_revision: int) -> AsyncIterator[Event]:
         """Every change under ``prefix`` from ``start_revision`` on, in revision order.
 
@@ -417,25 +447,34 @@ class Etcd:
         through aetcd's multiplexing Watcher: that one deadlocks when a watch is cancelled
         while another is being created (seen: a hang in about one run out of three).
         """
-        async for ev in self._watch(prefix.encode(), keys.prefix_range_end(prefix), start_revision):
+        async for ev in self._watch(
+            prefix.encode(), keys.prefix_range_end(prefix), start_revision, None
+        ):
+            assert isinstance(ev, Event)
             yield ev
 
     async def watch_key(self, key: str, *, start_revision: int) -> AsyncIterator[Event]:
         """Every change of one key from ``start_revision`` on (see ``watch_prefix``)."""
-        async for ev in self._watch(key.encode(), b"", start_revision):
+        async for ev in self._watch(key.encode(), b"", start_revision, None):
+            assert isinstance(ev, Event)
             yield ev
 
     async def _watch(
-        self, key: bytes, range_end: bytes, start_revision: int
-    ) -> AsyncIterator[Event]:
+        self,
+        key: bytes,
+        range_end: bytes,
+        start_revision: int,
+        progress: ProgressRequests | None,
+    ) -> AsyncIterator[Event | Progress]:
         next_revision = start_revision
         attempt = 0
         while True:
             try:
-                async for batch in self._watch_stream(key, range_end, next_revision):
+                async for batch in self._watch_stream(key, range_end, next_revision, progress):
                     attempt = 0
                     for ev in batch:
-                        next_revision = ev.revision + 1
+                        if isinstance(ev, Event):
+                            next_revision = ev.revision + 1
                         yield ev
             except aetcd.rpc.AioRpcError as exc:
                 error = f"{exc.code().name}: {exc.details()}"
@@ -452,8 +491,8 @@ class Etcd:
             await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
 
     async def _watch_stream(
-        self, key: bytes, range_end: bytes, revision: int
-    ) -> AsyncIterator[list[Event]]:
+        self, key: bytes, range_end: bytes, revision: int, progress: ProgressRequests | None
+    ) -> AsyncIterator[list[Event | Progress]]:
         await self._client.connect()
         create = aetcd.rpc.WatchRequest(
             create_request=aetcd.rpc.WatchCreateRequest(
@@ -465,6 +504,9 @@ class Etcd:
         async def requests() -> AsyncIterator[Any]:
             yield create
             # NOTE: closing our side would make etcd end the stream; keep it open.
+            while progress is not None:
+                await progress.next()
+                yield aetcd.rpc.WatchRequest(progress_request=aetcd.rpc.WatchProgressRequest())
             await done.wait()
 
         stub = aetcd.rpc.WatchStub(self._client.channel)
@@ -486,6 +528,10 @@ class Etcd:
                         )
                         for ev in resp.events
                     ]
+                elif progress is not None and not resp.created and resp.header.revision:
+                    # NOTE: an empty response is a progress notification: nothing up to its
+                    # revision is still to come on this stream.
+                    yield [Progress(int(resp.header.revision))]
         finally:
             done.set()
             call.cancel()

@@ -149,9 +149,9 @@ class ShardRunner:
 
     async def _campaign(self, session: session_mod.Session, shard: int) -> None:
         async def body(leadership: election.Leadership) -> None:
-            await self._gained(shard, leadership)
-            self._set_leading(shard, True)
             try:
+                await self._gained(shard, leadership)
+                self._set_leading(shard, True)
                 await leadership.lost.wait()
             finally:
                 self._set_leading(shard, False)

@@ -100,6 +100,67 @@ def encode_app(snap: AppSnapshot) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
+CHUNK_SIZE = 512 * 1024
+"""An app snapshot larger than this is stored as parts of at most this size (etcd refuses a
+request over 1.5 MiB, and a value near that limit makes every watcher of it slow)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Parts:
+    """An encoded app snapshot as stored: the head (the app key's value) and its chunks."""
+
+    head: bytes
+    chunks: tuple[tuple[str, bytes], ...]
+    """(content hash, bytes), in order; empty when the snapshot fits in its head."""
+
+
+def split_app(body: bytes, chunk_size: int = CHUNK_SIZE) -> Parts:
+    """``body`` (from ``encode_app``) as it is written to etcd.
+
+    NOTE: chunks are named by their content hash, so a head never references a chunk that a
+    later snapshot overwrote: a reader holding a head either finds its exact parts or waits.
+    """
+    if len(body) <= chunk_size:
+        return Parts(body, ())
+    chunks = tuple(
+        (content_hash(body[i : i + chunk_size]), body[i : i + chunk_size])
+        for i in range(0, len(body), chunk_size)
+    )
+    head = {
+        "format": FORMAT,
+        "chunks": [digest for digest, _ in chunks],
+        "size": len(body),
+        "hash": content_hash(body),
+    }
+    return Parts(json.dumps(head, sort_keys=True, separators=(",", ":")).encode(), chunks)
+
+
+def head_chunks(value: bytes) -> tuple[str, ...] | None:
+    """The chunk hashes a stored head names, in order; None when ``value`` is a whole snapshot."""
+    # NOTE: a head is small (a hash per 512 KiB) and has no "resources"; a snapshot has them.
+    if len(value) > 64 * 1024 or b'"chunks"' not in value:
+        return None
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or "chunks" not in doc or "resources" in doc:
+        return None
+    chunks = doc["chunks"]
+    if not isinstance(chunks, list) or not all(isinstance(c, str) for c in chunks):
+        raise SnapshotError("a snapshot head's chunks must be a list of hashes")
+    return tuple(chunks)
+
+
+def join_chunks(value: bytes, chunks: Iterable[bytes]) -> bytes:
+    """The whole snapshot from its head and its chunks' bytes; checks size and hash."""
+    body = b"".join(chunks)
+    doc = json.loads(value)
+    if len(body) != doc.get("size") or content_hash(body) != doc.get("hash"):
+        raise SnapshotError("the parts of a snapshot do not add up to it (size or hash)")
+    return body
+
+
 def decode_app(data: bytes) -> AppSnapshot:
     try:
         doc = json.loads(data)

@@ -1,13 +1,26 @@
 """The translator process: watches normalized state in etcd and publishes snapshots.
 
-All I/O of translation lives here; ``shards.translate`` stays pure. The runner keeps the state
-in memory, marks what each change touches (services, apps), recomputes only that after a short
-debounce, and writes only keys whose bytes changed, so work and etcd writes per change are
-proportional to the change. A new runner deriving the same state writes nothing: it compares
-against what etcd already holds.
+All I/O of translation lives here; ``shards.translate`` stays pure. The runner keeps the whole
+normalized state in memory, marks what each change touches (services, apps), recomputes only
+that after a short debounce, and writes only keys whose bytes changed, so work and etcd writes
+per change are proportional to the change. A new runner deriving the same state writes
+nothing: it compares against what etcd already holds.
 
-An app is published only once every Kubernetes cluster that has state has written its synced
-marker, so a half-listed cluster never makes sidecars drop endpoints.
+Shards: every key the translators write belongs to one shard (``keys.owner_shard``: an app's
+keys to the app's shard, a service's endpoint assignments to the service's). A translator
+replica leads some shards (``coordinator.shards``); it translates every service (any app may
+see any service) but builds and writes only what its shards own, each shard's writes carrying
+that shard's fence. A shard gained is read back from etcd first, so a new leader re-deriving
+the same state writes nothing; a write refused by its fence ends that shard's term.
+
+Gating: a service's endpoint assignments and an app's snapshots are published only when every
+Kubernetes cluster contributing to them has written its synced marker (and an app's snapshot
+for cluster K only once K is synced), so a half-listed cluster never makes sidecars drop what
+they have; the last published version stays in etcd meanwhile.
+
+Large app snapshots are stored in parts (``snapshot.split_app``): the parts first, then the
+head that names them, and the parts of the previous version last, so a front-end never sees a
+torn snapshot.
 """
 
 from __future__ import annotations
@@ -17,16 +30,19 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import TypeVar
 
 import prometheus_client
 
+from coordinator import election, membership, session
 from coordinator import etcd as etcd_mod
+from coordinator import shards as shards_mod
 from navigator import keys, model, runtime, snapshot
 from shards import canary, gateway, translate
 
@@ -49,6 +65,17 @@ DIAGNOSTICS = prometheus_client.Gauge(
 DECODE_ERRORS = prometheus_client.Counter(
     "navigator_translator_decode_errors_total", "State values that could not be decoded"
 )
+SHARDS_LED = prometheus_client.Gauge(
+    "navigator_translator_shards_led", "Shards this translator leads"
+)
+DEPOSED = prometheus_client.Counter(
+    "navigator_translator_deposed_total", "Shard terms ended by a write the fence refused"
+)
+WITHHELD = prometheus_client.Gauge(
+    "navigator_translator_withheld",
+    "Apps and services not published because a contributing cluster is not synced",
+    ["what"],
+)
 
 ServiceKey = tuple[str, str]
 SliceId = tuple[model.ClusterName, str]
@@ -59,23 +86,47 @@ V = TypeVar("V")
 
 
 class Translator:
-    """In-memory state, dirty tracking and publication for one shard (all apps, for now)."""
+    """In-memory state, dirty tracking and publication for the shards this replica leads.
+
+    Standalone (``shards=1`` and ``lead_all=True``, as in tests and single-process use) it
+    owns everything and writes without a fence; as a replica, ``gain`` and ``lose`` (called by
+    ``coordinator.shards.ShardRunner``) decide what it builds and writes.
+    """
 
     def __init__(
-        self, etcd: etcd_mod.Etcd, *, options: translate.Options, debounce: float = 0.02
+        self,
+        etcd: etcd_mod.Etcd,
+        *,
+        options: translate.Options,
+        debounce: float = 0.02,
+        shards: int = 1,
+        lead_all: bool = True,
     ) -> None:
         self.etcd = etcd
         self.options = options
         self.debounce = debounce
+        self.shards = shards
         self.published = asyncio.Event()
-        """Set after the first publication (every cluster synced)."""
+        """Set after the first flush that wrote or found everything up to date."""
         self.generation = 0
         """Incremented after every flush that completed; see ``wait_until``."""
+        self.published_shards: frozenset[int] = frozenset()
+        """The shards led when the last flush completed (all of them were published)."""
         self.loaded = asyncio.Event()
         """Set once the state in etcd has been listed."""
         self._flushed = asyncio.Condition()
+        self._terms: dict[int, election.Leadership | None] = (
+            dict.fromkeys(range(shards)) if lead_all else {}
+        )
+        """The shards this replica leads, with the term (None: standalone, no fence)."""
         self._written: dict[str, bytes] = {}
-        """What etcd holds under the snapshot and diagnostics prefixes, as we last saw it."""
+        """Digest of what etcd holds for every key our shards own, as we last saw it."""
+        self._chunks: dict[str, set[str]] = {}
+        """App snapshot key → the chunk keys of it that etcd holds."""
+        self._gain_batch: asyncio.Future[dict[str, etcd_mod.KeyValue]] | None = None
+        self._gain_lister: asyncio.Task[None] | None = None
+        self.shard_runner: shards_mod.ShardRunner | None = None
+        """Set once this replica takes part in shard elections (``lead_shards``)."""
         self._changed = asyncio.Event()
         self._clear_state()
 
@@ -114,8 +165,11 @@ class Translator:
         self._app_diags: dict[model.AppName, list[translate.Diagnostic]] = {}
         self._service_apps: dict[ServiceKey, set[model.AppName]] = {}
         self._dirty_services: set[ServiceKey] = set()
+        self._eds_due: set[ServiceKey] = set()
+        """Services whose endpoint assignments must be compared with etcd (if we own them)."""
         self._dirty_apps: set[model.AppName] = set()
-        self._all_apps_dirty = True
+        self._dirty_shards: set[int] = set(range(self.shards))
+        """Shards whose every app is rebuilt and whose keys are swept of orphans."""
         self._dirty_namespaces: set[str] = set()
         self._app_namespaces: dict[str, set[model.AppName]] = {}
         """Apps whose Nexus entries name a namespace: they re-resolve when it changes."""
@@ -126,9 +180,113 @@ class Translator:
         self._zones: tuple[translate.Zone, ...] = ()
         self._zone_diags: list[translate.Diagnostic] = []
         self._eds_names: dict[ServiceKey, set[tuple[str, str]]] = {}
-        """Per service: the (Envoy cluster name, variant) of its published EDS keys."""
-        self._published_clusters: set[model.ClusterName] = set()
+        """Per owned service: the (Envoy cluster name, variant) of its EDS keys in etcd."""
+        self._withheld_services: set[ServiceKey] = set()
+        self._withheld_apps: set[model.AppName] = set()
         self._mesh_diags_dirty = True
+
+    # --- shards ----------------------------------------------------------------------
+
+    def use_shard_count(self, count: int) -> None:
+        """Sets the mesh's shard count (before leading any shard)."""
+        if self._terms and count != self.shards:
+            raise ValueError("the shard count cannot change while leading shards")
+        self.shards = count
+        self._dirty_shards = set(range(count))
+
+    def owns(self, shard: int) -> bool:
+        return shard in self._terms
+
+    @property
+    def leading(self) -> frozenset[int]:
+        return frozenset(self._terms)
+
+    def _owns_key(self, key: str) -> bool:
+        owner = keys.owner_shard(key, self.shards)
+        return owner is not None and owner in self._terms
+
+    def _owns_app(self, app: model.AppName) -> bool:
+        return keys.shard_of(app, self.shards) in self._terms
+
+    def _owns_service(self, skey: ServiceKey) -> bool:
+        return keys.service_shard(skey[0], skey[1], self.shards) in self._terms
+
+    async def gain(self, shard: int, term: election.Leadership | None) -> None:
+        """Starts building and writing ``shard``: reads back what etcd holds for it first.
+
+        NOTE: the read makes a new leader that derives the same state write nothing (no
+        version changes, no push to any sidecar).
+        """
+        items = await self._listing_for_gain()
+        self._adopt(shard, items)
+        self._terms[shard] = term
+        SHARDS_LED.set(len(self._terms))
+        self._dirty_shards.add(shard)
+        self._eds_due |= {k for k in self._mesh if self._owns_service(k)}
+        self._eds_due |= {k for k in self._eds_names if self._owns_service(k)}
+        self._mesh_diags_dirty = True
+        self._gateways_dirty = True
+        log.info("leading shard", extra={"shard": shard, "keys": len(self._written)})
+        self._changed.set()
+
+    async def _listing_for_gain(self) -> dict[str, etcd_mod.KeyValue]:
+        """What etcd holds under the translators' prefixes, listed after the caller's election.
+
+        NOTE: shards won together share one listing (at a mesh's scale it is tens of MB), but
+        a listing is shared only by gains that arrived before it started: one begun before
+        an election could miss the previous leader's last writes.
+        """
+        batch = self._gain_batch
+        if batch is None:
+            batch = asyncio.get_running_loop().create_future()
+            # NOTE: every waiter may have been cancelled; the error is then nobody's.
+            batch.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._gain_batch = batch
+
+            async def list_once() -> None:
+                self._gain_batch = None
+                try:
+                    listed = await self.etcd.get_prefix(keys.SNAPSHOTS)
+                    diags = await self.etcd.get_prefix(keys.DIAGNOSTICS)
+                except BaseException as exc:
+                    batch.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    batch.set_result({**listed.items, **diags.items})
+
+            self._gain_lister = asyncio.create_task(list_once(), name="translator-gain-listing")
+        return await asyncio.shield(batch)
+
+    def _adopt(self, shard: int, items: dict[str, etcd_mod.KeyValue]) -> None:
+        """Takes what etcd holds for ``shard`` as what we have written."""
+        for key, kv in items.items():
+            if keys.owner_shard(key, self.shards) != shard:
+                continue
+            self._written[key] = _digest(kv.value)
+            if key.startswith(keys.CHUNKS):
+                self._chunks.setdefault(_head_of_chunk(key), set()).add(key)
+            elif key.startswith(keys.EDS_SNAPSHOTS):
+                name, variant = keys.parse_eds_key(key)
+                ns, _, rest = name.partition("/")
+                skey = (ns, rest.split(":", 1)[0])
+                self._eds_names.setdefault(skey, set()).add((name, variant))
+
+    def lose(self, shard: int) -> None:
+        """Stops writing ``shard`` at once, and forgets what was known of its keys."""
+        self._terms.pop(shard, None)
+        SHARDS_LED.set(len(self._terms))
+        for key in [k for k in self._written if keys.owner_shard(k, self.shards) == shard]:
+            del self._written[key]
+        for head in [h for h in self._chunks if keys.owner_shard(h, self.shards) == shard]:
+            del self._chunks[head]
+        for skey in [k for k in self._eds_names if not self._owns_service(k)]:
+            del self._eds_names[skey]
+        for app in [a for a in self._app_wanted if not self._owns_app(a)]:
+            self._forget_app(app)
+        self._withheld_apps = {a for a in self._withheld_apps if self._owns_app(a)}
+        self._withheld_services = {k for k in self._withheld_services if self._owns_service(k)}
+        log.info("stopped leading shard", extra={"shard": shard})
 
     # --- input ---------------------------------------------------------------------
 
@@ -148,12 +306,17 @@ class Translator:
             return  # NOTE: a setting of a newer version; ignored.
         if key.startswith(keys.SYNCED):
             cluster = keys.parse_synced_key(key)
+            was = cluster in self._synced
             if value is None:
                 self._synced.discard(cluster)
             else:
                 self._synced.add(cluster)
-            self._all_apps_dirty = True
-            self._changed.set()
+            if was != (cluster in self._synced):
+                # NOTE: what this cluster contributes to may be published (or held) now.
+                self._dirty_shards |= set(range(self.shards))
+                self._eds_due |= self._services_in(cluster)
+                self._gateways_dirty = True
+                self._changed.set()
             return
         try:
             skey = keys.parse_state_key(key)
@@ -211,8 +374,15 @@ class Translator:
         self.options = dataclasses.replace(self.options, tracing=setting)
         # NOTE: every HTTP listener and every app carries it: all is rebuilt (a rare change).
         self._dirty_services.update(self._services)
-        self._all_apps_dirty = True
+        self._dirty_shards |= set(range(self.shards))
         self._changed.set()
+
+    def _services_in(self, cluster: model.ClusterName) -> set[ServiceKey]:
+        """Every service that has a Service, Endpoints or EndpointSlice in ``cluster``."""
+        out = {k for k, by_cluster in self._services.items() if cluster in by_cluster}
+        out |= {k for k, by_cluster in self._endpoints.items() if cluster in by_cluster}
+        out |= {k for k, by_slice in self._slices.items() if any(c == cluster for c, _ in by_slice)}
+        return out
 
     def _dirty_cluster(self, cluster: model.ClusterName) -> None:
         """Every service with endpoints in ``cluster``."""
@@ -298,11 +468,29 @@ class Translator:
     # --- output --------------------------------------------------------------------
 
     def clusters(self) -> set[model.ClusterName]:
+        """Every Kubernetes cluster the mesh knows: it has state or a synced marker."""
         return set(self._per_cluster) | self._synced
 
     def all_synced(self) -> bool:
         clusters = self.clusters()
         return bool(clusters) and clusters <= self._synced
+
+    def _service_clusters(self, skey: ServiceKey) -> set[model.ClusterName]:
+        out = set(self._services.get(skey, {})) | set(self._endpoints.get(skey, {}))
+        out |= {c for c, _ in self._slices.get(skey, {})}
+        return out
+
+    def _service_ready(self, skey: ServiceKey) -> bool:
+        """Every cluster holding an object of the service has written its synced marker."""
+        return self._service_clusters(skey) <= self._synced
+
+    def _app_ready(self, app: model.AppName, wanted: Iterable[ServiceKey]) -> bool:
+        if not {n.cluster for n in self._nexuses.get(app, {}).values()} <= self._synced:
+            return False
+        return all(self._service_ready(k) for k in wanted)
+
+    def _changed_key(self, key: str, body: bytes) -> bool:
+        return self._written.get(key) != _digest(body)
 
     def compute(self) -> tuple[dict[str, bytes], set[str]]:
         """Recomputes what is dirty; returns the keys to put and to delete.
@@ -310,7 +498,8 @@ class Translator:
         NOTE: work is proportional to what changed: only dirty services are translated, an
         app is rebuilt only when a service it sees changed what apps hold (clusters,
         listeners, routes: not endpoints, which live in shared keys), and only the keys of
-        those services and apps are compared with what etcd holds.
+        those services and apps are compared with what etcd holds. Only keys of the shards
+        this replica leads are produced.
         """
         puts: dict[str, bytes] = {}
         deletes: set[str] = set()
@@ -393,21 +582,7 @@ class Translator:
                 self._resources.pop(skey, None)
             else:
                 self._resources[skey] = new
-            variants = {
-                (name, variant): body
-                for name, by_variant in (new.endpoints.items() if new is not None else ())
-                for variant, body in by_variant.items()
-            }
-            for name, variant in self._eds_names.get(skey, set()) - set(variants):
-                deletes.add(keys.eds_key(name, variant))
-            for (name, variant), body in variants.items():
-                key = keys.eds_key(name, variant)
-                if self._written.get(key) != body:
-                    puts[key] = body
-            if variants:
-                self._eds_names[skey] = set(variants)
-            else:
-                self._eds_names.pop(skey, None)
+            self._eds_due.add(skey)
             if _app_facing(old) != _app_facing(new):
                 dirty_apps |= self._service_apps.get(skey, set())
                 # NOTE: a service appearing may resolve an Ingress path that was skipped.
@@ -415,14 +590,19 @@ class Translator:
                     self._gateways_dirty = self._gateways_dirty or bool(self._gateways)
         self._dirty_services.clear()
 
-        clusters = self.clusters()
-        if clusters != self._published_clusters:
-            self._all_apps_dirty = True
-        if self._all_apps_dirty:
-            dirty_apps |= set(self._nexuses) | set(self._app_wanted)
+        self._emit_endpoints(puts, deletes)
+
+        known = self.clusters()
+        publish = sorted(self._synced)
+        dirty_shards = self._dirty_shards & set(self._terms)
+        self._dirty_shards -= dirty_shards
+        if dirty_shards:
+            every = set(self._nexuses) | set(self._app_wanted) | self._withheld_apps
+            dirty_apps |= {a for a in every if keys.shard_of(a, self.shards) in dirty_shards}
         for ns in self._dirty_namespaces:
             dirty_apps |= self._app_namespaces.get(ns, set())
         self._dirty_namespaces.clear()
+        dirty_apps = {a for a in dirty_apps if self._owns_app(a)}
 
         by_ns: dict[str, list[str]] = {}
         if dirty_apps:
@@ -430,9 +610,9 @@ class Translator:
                 by_ns.setdefault(ns, []).append(name)
         for app in sorted(dirty_apps):
             self._forget_app(app)
+            self._withheld_apps.discard(app)
             if app not in self._nexuses:
-                deletes |= {keys.app_snapshot_key(app, k8s) for k8s in self._published_clusters}
-                deletes.add(keys.diagnostics_key(app))
+                self._delete_app(app, deletes)
                 continue
             nexuses = self._nexuses[app].values()
             wanted, diags = translate.app_services(nexuses, by_ns)
@@ -444,69 +624,150 @@ class Translator:
                 self._service_apps.setdefault(skey, set()).add(app)
             for ns in {ref.namespace or n.namespace for n in nexuses for ref in n.services}:
                 self._app_namespaces.setdefault(ns, set()).add(app)
+            if not self._app_ready(app, wanted):
+                # NOTE: what etcd holds for it stays as it is until every cluster is synced.
+                self._withheld_apps.add(app)
+                continue
             visible = [self._resources[k] for k in wanted if k in self._resources]
-            for k8s in sorted(clusters):
+            for k8s in publish:
                 body = snapshot.encode_app(translate.app_snapshot(app, k8s, visible, self.options))
-                key = keys.app_snapshot_key(app, k8s)
-                if self._written.get(key) != body:
-                    puts[key] = body
-            for k8s in self._published_clusters - clusters:
-                deletes.add(keys.app_snapshot_key(app, k8s))
+                self._emit_app(keys.app_snapshot_key(app, k8s), body, puts, deletes)
+            self._delete_app(app, deletes, keep=known)
             self._diagnostics_of(keys.diagnostics_key(app), diags, puts, deletes)
 
-        if self._all_apps_dirty or self._gateways_dirty:
-            self._compute_gateways(clusters, puts, deletes)
+        if self._gateways_dirty or dirty_shards:
+            self._compute_gateways(publish, known, puts, deletes)
 
-        if self._all_apps_dirty:
-            # NOTE: after a restart or a change of clusters, drop what no app or service owns.
-            live_apps = {keys.app_snapshot_key(a, k) for a in self._app_wanted for k in clusters}
-            live_apps |= {keys.app_snapshot_key(a, k) for a in self._gateway_apps for k in clusters}
-            # NOTE: what sidecars of an app without a snapshot get (their health listener).
-            for k8s in sorted(clusters):
-                key = keys.app_snapshot_key(keys.DEFAULT_APP, k8s)
-                live_apps.add(key)
-                body = snapshot.encode_app(
-                    translate.app_snapshot(keys.DEFAULT_APP, k8s, [], self.options)
-                )
-                if self._written.get(key) != body:
-                    puts[key] = body
-            live_eds = {keys.eds_key(*n) for names in self._eds_names.values() for n in names}
-            live_diags = {
-                keys.diagnostics_key(a) for a in (*self._app_diags, *self._gateway_apps)
-            } | {keys.MESH_DIAGNOSTICS}
-            deletes |= {
-                key
-                for key in self._written
-                if (key.startswith(keys.APP_SNAPSHOTS) and key not in live_apps)
-                or (key.startswith(keys.EDS_SNAPSHOTS) and key not in live_eds)
-                or (key.startswith(keys.DIAGNOSTICS) and key not in live_diags)
-            }
-            self._mesh_diags_dirty = True
-            self._all_apps_dirty = False
-        self._published_clusters = clusters
+        if dirty_shards:
+            self._sweep(dirty_shards, publish, known, puts, deletes)
 
-        if self._mesh_diags_dirty:
-            every = (
+        if self._mesh_diags_dirty and self._owns_key(keys.MESH_DIAGNOSTICS):
+            every_diag = (
                 [d for ds in self._service_diags.values() for d in ds]
                 + self._zone_diags
                 + self._canary_diags
                 + self._gateway_diags
             )
-            self._diagnostics_of(keys.MESH_DIAGNOSTICS, every, puts, deletes)
+            self._diagnostics_of(keys.MESH_DIAGNOSTICS, every_diag, puts, deletes)
             self._mesh_diags_dirty = False
             DIAGNOSTICS.clear()
-            for d in every + [d for ds in self._app_diags.values() for d in ds]:
+            for d in every_diag + [d for ds in self._app_diags.values() for d in ds]:
                 DIAGNOSTICS.labels(reason=d.reason).inc()
+        WITHHELD.labels(what="apps").set(len(self._withheld_apps))
+        WITHHELD.labels(what="services").set(len(self._withheld_services))
         deletes = {k for k in deletes if k in self._written and k not in puts}
         return puts, deletes
 
+    def _emit_endpoints(self, puts: dict[str, bytes], deletes: set[str]) -> None:
+        """The shared endpoint assignments of owned services that are due, if ready."""
+        due, self._eds_due = self._eds_due, set()
+        for skey in sorted(due):
+            if not self._owns_service(skey):
+                continue
+            if not self._service_ready(skey):
+                self._withheld_services.add(skey)
+                continue
+            self._withheld_services.discard(skey)
+            res = self._resources.get(skey)
+            variants = {
+                (name, variant): body
+                for name, by_variant in (res.endpoints.items() if res is not None else ())
+                for variant, body in by_variant.items()
+            }
+            for name, variant in self._eds_names.get(skey, set()) - set(variants):
+                deletes.add(keys.eds_key(name, variant))
+            for (name, variant), body in variants.items():
+                key = keys.eds_key(name, variant)
+                if self._changed_key(key, body):
+                    puts[key] = body
+            if variants:
+                self._eds_names[skey] = set(variants)
+            else:
+                self._eds_names.pop(skey, None)
+
+    def _emit_app(self, key: str, body: bytes, puts: dict[str, bytes], deletes: set[str]) -> None:
+        """An app snapshot (whole, or its parts then its head); parts no longer named go."""
+        parts = snapshot.split_app(body)
+        app, k8s = keys.parse_app_snapshot_key(key)
+        wanted_chunks = {keys.chunk_key(app, k8s, digest) for digest, _ in parts.chunks}
+        for digest, chunk in parts.chunks:
+            ck = keys.chunk_key(app, k8s, digest)
+            if ck not in self._written:
+                puts[ck] = chunk
+        if self._changed_key(key, parts.head):
+            puts[key] = parts.head
+        deletes |= self._chunks.get(key, set()) - wanted_chunks
+
+    def _delete_app(
+        self,
+        app: model.AppName,
+        deletes: set[str],
+        *,
+        keep: set[model.ClusterName] | None = None,
+    ) -> None:
+        """Deletes the app's snapshots (and their parts) for every cluster not in ``keep``,
+        and, when none is kept, its diagnostics."""
+        prefix = f"{keys.APP_SNAPSHOTS}{app}/"
+        for key in [k for k in self._written if k.startswith(prefix)]:
+            _, k8s = keys.parse_app_snapshot_key(key)
+            if keep is None or k8s not in keep:
+                deletes.add(key)
+                deletes |= self._chunks.get(key, set())
+        if keep is None:
+            deletes.add(keys.diagnostics_key(app))
+
+    def _sweep(
+        self,
+        shards: set[int],
+        publish: Sequence[model.ClusterName],
+        known: set[model.ClusterName],
+        puts: dict[str, bytes],
+        deletes: set[str],
+    ) -> None:
+        """Keys of ``shards`` that no app, service or gateway owns any more; ``_default``."""
+        default_owner = keys.shard_of(keys.DEFAULT_APP, self.shards)
+        if default_owner in shards:
+            # NOTE: what sidecars of an app without a snapshot get (their health listener).
+            for k8s in publish:
+                body = snapshot.encode_app(
+                    translate.app_snapshot(keys.DEFAULT_APP, k8s, [], self.options)
+                )
+                self._emit_app(keys.app_snapshot_key(keys.DEFAULT_APP, k8s), body, puts, deletes)
+            self._mesh_diags_dirty = True
+        apps = set(self._nexuses) | set(self._gateway_apps) | {keys.DEFAULT_APP}
+        live_eds = {keys.eds_key(*n) for names in self._eds_names.values() for n in names}
+        for key in list(self._written):
+            owner = keys.owner_shard(key, self.shards)
+            if owner not in shards:
+                continue
+            if key.startswith(keys.APP_SNAPSHOTS):
+                app, k8s = keys.parse_app_snapshot_key(key)
+                if app not in apps or k8s not in known:
+                    deletes.add(key)
+                    deletes |= self._chunks.get(key, set())
+            elif key.startswith(keys.CHUNKS):
+                head = _head_of_chunk(key)
+                if head not in self._written or key not in self._chunks.get(head, set()):
+                    deletes.add(key)
+            elif key.startswith(keys.EDS_SNAPSHOTS):
+                if key not in live_eds:
+                    deletes.add(key)
+            elif key.startswith(keys.DIAGNOSTICS) and key != keys.MESH_DIAGNOSTICS:
+                app = model.AppName(key[len(keys.DIAGNOSTICS) :])
+                if app not in self._app_diags and app not in self._gateway_apps:
+                    deletes.add(key)
+
     def _compute_gateways(
-        self, clusters: set[model.ClusterName], puts: dict[str, bytes], deletes: set[str]
+        self,
+        publish: Sequence[model.ClusterName],
+        known: set[model.ClusterName],
+        puts: dict[str, bytes],
+        deletes: set[str],
     ) -> None:
         """Every gateway's snapshot, rebuilt when a Gateway, an Ingress or a backend changed.
 
         NOTE: gateways are few (one per ingress class and port), so all are rebuilt together;
-        unchanged bytes are not written.
+        unchanged bytes are not written, and only the gateways of our shards are.
         """
         resolved, diags = gateway.resolve(
             self._gateways.values(), self._ingresses.values(), self._mesh
@@ -515,19 +776,24 @@ class Translator:
             self._gateway_diags = diags.get("", [])
             self._mesh_diags_dirty = True
         for app in set(self._gateway_apps) - set(resolved):
-            deletes |= {keys.app_snapshot_key(app, k8s) for k8s in self._published_clusters}
-            deletes.add(keys.diagnostics_key(app))
+            if self._owns_app(app):
+                self._delete_app(app, deletes)
         self._gateway_services = set()
+        sources = {g.cluster for g in self._gateways.values()}
+        sources |= {i.cluster for i in self._ingresses.values()}
         for app, res in resolved.items():
             self._gateway_services.update(res.services)
+            if not self._owns_app(app):
+                continue
+            if not (sources <= self._synced and all(map(self._service_ready, res.services))):
+                self._withheld_apps.add(app)
+                continue
+            self._withheld_apps.discard(app)
             backends = [self._resources[k] for k in res.services if k in self._resources]
-            for k8s in sorted(clusters):
+            for k8s in publish:
                 body = snapshot.encode_app(gateway.gateway_snapshot(res, k8s, backends))
-                key = keys.app_snapshot_key(app, k8s)
-                if self._written.get(key) != body:
-                    puts[key] = body
-            for k8s in self._published_clusters - clusters:
-                deletes.add(keys.app_snapshot_key(app, k8s))
+                self._emit_app(keys.app_snapshot_key(app, k8s), body, puts, deletes)
+            self._delete_app(app, deletes, keep=known)
             self._diagnostics_of(keys.diagnostics_key(app), diags.get(app, []), puts, deletes)
         self._gateway_apps = resolved
         self._gateways_dirty = False
@@ -566,32 +832,91 @@ class Translator:
             for d in unique
         ]
         body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-        if self._written.get(key) != body:
+        if self._changed_key(key, body):
             puts[key] = body
 
     def record_written(self, puts: dict[str, bytes], deletes: Iterable[str]) -> None:
         """Remembers what etcd now holds, after ``puts`` and ``deletes`` landed."""
         for key, body in puts.items():
-            self._written[key] = body
+            self._written[key] = _digest(body)
             KEYS_WRITTEN.labels(kind=_kind_of_key(key)).inc()
+            if key.startswith(keys.CHUNKS):
+                self._chunks.setdefault(_head_of_chunk(key), set()).add(key)
         for key in deletes:
             self._written.pop(key, None)
             KEYS_WRITTEN.labels(kind="delete").inc()
+            if key.startswith(keys.CHUNKS):
+                head = _head_of_chunk(key)
+                chunks = self._chunks.get(head)
+                if chunks is not None:
+                    chunks.discard(key)
+                    if not chunks:
+                        del self._chunks[head]
 
     async def flush(self) -> None:
-        """Publishes what changed, if every cluster is synced."""
-        if not self.all_synced():
-            return
+        """Publishes what changed: each shard's writes under its fence, make-before-break.
+
+        Across every shard: endpoint assignments and snapshot parts first, then app
+        snapshots and diagnostics, then deletions. A shard whose fence is refused is lost
+        (its term ends); the other shards' writes go on.
+        """
         started = time.perf_counter()
         puts, deletes = self.compute()
-        if puts or deletes:
-            await self.etcd.apply(puts=_make_before_break(puts), deletes=sorted(deletes))
-            self.record_written(puts, deletes)
+        by_shard: dict[int, tuple[dict[str, bytes], dict[str, bytes], list[str]]] = {}
+        for key, body in puts.items():
+            shard = keys.owner_shard(key, self.shards)
+            if shard is None or shard not in self._terms:
+                continue
+            first, second, _ = by_shard.setdefault(shard, ({}, {}, []))
+            early = key.startswith((keys.EDS_SNAPSHOTS, keys.CHUNKS))
+            (first if early else second)[key] = body
+        for key in sorted(deletes):
+            shard = keys.owner_shard(key, self.shards)
+            if shard is not None and shard in self._terms:
+                by_shard.setdefault(shard, ({}, {}, []))[2].append(key)
+        wrote = 0
+        for phase in range(3):
+            for shard in sorted(by_shard):
+                term = self._terms.get(shard, _NOT_LEADING)
+                if term is _NOT_LEADING:
+                    continue  # NOTE: lost during this flush: its keys are no longer ours.
+                ops = by_shard[shard][phase]
+                if not ops:
+                    continue
+                fence = term.fence if isinstance(term, election.Leadership) else None
+                try:
+                    if phase < 2:
+                        assert isinstance(ops, dict)
+                        await self.etcd.apply(puts=dict(sorted(ops.items())), fence=fence)
+                    else:
+                        assert isinstance(ops, list)
+                        await self.etcd.apply(puts={}, deletes=ops, fence=fence)
+                except etcd_mod.Deposed as exc:
+                    DEPOSED.inc()
+                    log.warning(
+                        "deposed: a write for the shard was refused",
+                        extra={"shard": shard, "error": str(exc)},
+                    )
+                    if isinstance(term, election.Leadership):
+                        term.lost.set()
+                    self.lose(shard)
+                    continue
+                if self._terms.get(shard, _NOT_LEADING) is term:
+                    if phase < 2:
+                        assert isinstance(ops, dict)
+                        self.record_written(ops, ())
+                    else:
+                        assert isinstance(ops, list)
+                        self.record_written({}, ops)
+                wrote += len(ops)
+        if wrote:
             log.info("published", extra={"puts": len(puts), "deletes": len(deletes)})
         TRANSLATIONS.inc()
         FLUSH_SECONDS.observe(time.perf_counter() - started)
         self.generation += 1
-        self.published.set()
+        self.published_shards = frozenset(self._terms)
+        if self._terms:
+            self.published.set()
         async with self._flushed:
             self._flushed.notify_all()
 
@@ -631,11 +956,14 @@ class Translator:
     async def _run_once(self, health: runtime.Health) -> None:
         written = await self.etcd.get_prefix(keys.SNAPSHOTS)
         diags = await self.etcd.get_prefix(keys.DIAGNOSTICS)
-        self._written = {k: kv.value for k, kv in {**written.items, **diags.items}.items()}
         state = await self.etcd.get_prefix(keys.STATE)
         synced = await self.etcd.get_prefix(keys.SYNCED)
         config = await self.etcd.get_prefix(keys.CONFIG)
         self._clear_state()
+        self._written = {}
+        self._chunks = {}
+        for shard in self._terms:
+            self._adopt(shard, {**written.items, **diags.items})
         self.load(state)
         self.load(synced)
         self.load(config)
@@ -661,6 +989,20 @@ class Translator:
             # NOTE: a failed write raises out of here: ``run`` relists, since what landed is
             # unknown and the computed state has moved on.
             await self.flush()
+
+
+_NOT_LEADING = object()
+
+
+def _head_of_chunk(key: str) -> str:
+    """The app snapshot key whose parts ``key`` (a chunk key) is one of."""
+    app, k8s = key[len(keys.CHUNKS) :].split("/")[:2]
+    return keys.app_snapshot_key(model.AppName(app), model.ClusterName(k8s))
+
+
+def _digest(body: bytes) -> bytes:
+    """What ``_written`` keeps of a value: enough to tell equal bytes, far smaller."""
+    return hashlib.blake2b(body, digest_size=16).digest()
 
 
 def _ports_of(svc: translate.MeshService | None) -> object:
@@ -697,25 +1039,78 @@ def _pop_nested(outer: dict[K, dict[J, V]], key: K, inner: J) -> None:
             del outer[key]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Replica:
+    """How a translator shares the shards with the other replicas."""
+
+    member_id: str
+    lease_ttl: int = 5
+    http: str = ""
+
+
+async def lead_shards(translator: Translator, replica: Replica, *, wanted_shards: int) -> None:
+    """Once the state is loaded: fixes the mesh's shard count, then leads this replica's
+    share of the shards for as long as it runs (a new session after each lost one)."""
+    await translator.loaded.wait()
+    delay = 0.5
+    while True:
+        try:
+            count = await shards_mod.shard_count(translator.etcd, wanted_shards)
+            break
+        except etcd_mod.EtcdError as exc:
+            log.warning("cannot read the shard count, retrying", extra={"error": str(exc)})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    translator.use_shard_count(count)
+    runner = shards_mod.ShardRunner(
+        translator.etcd,
+        shards=count,
+        member=membership.Member(role=shards_mod.ROLE, id=replica.member_id, http=replica.http),
+        gained=translator.gain,
+        lost=translator.lose,
+    )
+    translator.shard_runner = runner
+    await session.run_sessions(translator.etcd, ttl=replica.lease_ttl, body=runner.run)
+
+
 @contextlib.asynccontextmanager
 async def running(
-    etcd: etcd_mod.Etcd, *, options: translate.Options | None = None, debounce: float = 0.02
+    etcd: etcd_mod.Etcd,
+    *,
+    options: translate.Options | None = None,
+    debounce: float = 0.02,
+    replica: Replica | None = None,
+    shards: int = 1,
 ) -> AsyncIterator[Translator]:
-    """Runs a translator in the background for as long as the context is open."""
-    translator = Translator(etcd, options=options or translate.Options(), debounce=debounce)
-    task = asyncio.create_task(translator.run(runtime.Health()))
+    """Runs a translator in the background for as long as the context is open.
+
+    Without ``replica`` it leads every shard itself, without election (one process).
+    """
+    translator = Translator(
+        etcd,
+        options=options or translate.Options(),
+        debounce=debounce,
+        shards=shards,
+        lead_all=replica is None,
+    )
+    tasks = [asyncio.create_task(translator.run(runtime.Health()))]
+    if replica is not None:
+        tasks.append(asyncio.create_task(lead_shards(translator, replica, wanted_shards=shards)))
     try:
         yield translator
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="navigator translator",
-        description="Translate normalized mesh state in etcd into per-app Envoy snapshots.",
+        description="Translate normalized mesh state in etcd into per-app Envoy snapshots. Run "
+        "any number of replicas: they share the shards, one leader per shard.",
     )
     parser.add_argument(
         "--etcd",
@@ -723,6 +1118,24 @@ def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
         help="etcd endpoints, comma-separated (default: $NAVIGATOR_ETCD or %(default)s)",
     )
     parser.add_argument("--http", default="127.0.0.1:9101", help="health and metrics address")
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=8,
+        help="number of shards apps are hashed to; the first translator of a mesh fixes it "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--id",
+        default=membership.default_id(),
+        help="this replica's id in etcd (default: $POD_NAME, else <hostname>-<pid>)",
+    )
+    parser.add_argument(
+        "--lease-ttl",
+        type=int,
+        default=5,
+        help="seconds before the shards of a dead replica are taken over (default 5)",
+    )
     parser.add_argument(
         "--no-bind-to-port",
         action="store_true",
@@ -747,6 +1160,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     except ValueError as exc:
         log.error(f"navigator translator: --etcd: {exc}")
         return 2
+    if args.shards < 1 or args.lease_ttl < 2:
+        log.error("navigator translator: --shards must be >= 1 and --lease-ttl >= 2")
+        return 2
 
     async def amain(stop: asyncio.Event) -> int:
         health = runtime.Health()
@@ -757,10 +1173,20 @@ def main(argv: Iterable[str] | None = None) -> int:
             etcd_mod.Etcd(endpoints) as client,
             runtime.http_server(args.http, health) as addr,
         ):
-            log.info("translator started", extra={"etcd": args.etcd, "http": addr})
-            translator = Translator(client, options=options, debounce=args.debounce)
-            task = asyncio.create_task(translator.run(health))
-            await runtime.wait_stop(stop, task)
+            log.info("translator started", extra={"etcd": args.etcd, "http": addr, "id": args.id})
+            translator = Translator(
+                client,
+                options=options,
+                debounce=args.debounce,
+                shards=args.shards,
+                lead_all=False,
+            )
+            replica = Replica(member_id=args.id, lease_ttl=args.lease_ttl, http=addr)
+            tasks = [
+                asyncio.create_task(translator.run(health)),
+                asyncio.create_task(lead_shards(translator, replica, wanted_shards=args.shards)),
+            ]
+            await runtime.wait_stop(stop, *tasks)
         log.info("translator stopped")
         return 0
 

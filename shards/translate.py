@@ -758,9 +758,7 @@ def health_listener(port: int) -> listener_pb2.Listener:
                         # The whole path: this sidecar has its config and the control plane,
                         # reached as the sidecar reaches it for xDS, is ready.
                         route_components_pb2.Route(
-                            match=route_components_pb2.RouteMatch(
-                                path="/healthz/control-plane"
-                            ),
+                            match=route_components_pb2.RouteMatch(path="/healthz/control-plane"),
                             route=route_components_pb2.RouteAction(
                                 cluster=CONTROL_PLANE_HEALTH_CLUSTER,
                                 regex_rewrite=_rewrite_to("/readyz"),

@@ -13,7 +13,13 @@ implementation:
   notifications are coalesced and delivered after a whole etcd revision has been applied,
   so a stream never sees half of a change;
 - ``ready`` is true once the first listing is loaded and while etcd answers; after losing
-  etcd the last state keeps being served (``loaded`` stays true) but ``ready`` turns false.
+  etcd the last state keeps being served (``loaded`` stays true) but ``ready`` turns false;
+- an app snapshot stored in parts (``snapshot.split_app``) replaces the previous one only once
+  every part named by its head is here, so a stream never sees a torn snapshot;
+- ``caught_up(since)`` tells whether the cache has, since local time ``since``, been checked
+  to hold everything etcd held (a linearizable read, then a progress notification on the
+  watch): what a stream needs before answering a sidecar that resumes with a version this
+  front-end does not know, so that no sidecar is ever moved to an older version.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
@@ -118,6 +125,11 @@ class ConfigSource(Protocol):
 
     def subscribe(self) -> Subscription: ...
 
+    def caught_up(self, since: float) -> bool:
+        """Checked against etcd since local monotonic time ``since``; if not, a check is
+        started and every subscription is woken when it completes."""
+        ...
+
 
 class SnapshotCache:
     """``ConfigSource`` fed by one list + watch of ``keys.SNAPSHOTS``; run it with ``run()``."""
@@ -146,8 +158,14 @@ class SnapshotCache:
         self._loaded = False
         self._etcd_ok = False
         self._loaded_event = asyncio.Event()
+        self._waiting: dict[str, bytes] = {}
+        """App keys whose newest head names parts not here yet: that head."""
         self.revision = 0
-        """The etcd revision the state reflects (last listing or watch event applied)."""
+        """The etcd revision the state reflects (listing, watch event or progress applied)."""
+        self._progress = etcd_mod.ProgressRequests()
+        self._verified_at = -float("inf")
+        self._check: asyncio.Task[None] | None = None
+        self._revision_moved = asyncio.Event()
         self._report()
 
     # -- ConfigSource ---------------------------------------------------------------------
@@ -174,6 +192,39 @@ class SnapshotCache:
     async def wait_loaded(self) -> None:
         await self._loaded_event.wait()
 
+    def caught_up(self, since: float) -> bool:
+        if self._verified_at >= since:
+            return True
+        # NOTE: one check at a time; a stream that opened after the running one started is
+        # woken when it ends (every subscription is), asks again and gets a new check.
+        if self._check is None:
+            self._check = asyncio.create_task(self._verify(), name="xds-catch-up")
+        return False
+
+    async def _verify(self) -> None:
+        """One catch-up check (coalesced: streams arriving meanwhile wait for the next)."""
+        started = time.monotonic()
+        try:
+            newest, current = await self._etcd.latest_mod_revision(keys.SNAPSHOTS)
+            self._progress.request()
+            async with asyncio.timeout(self._ping_timeout):
+                # NOTE: the progress notification covers deletions; the newest mod revision
+                # guards against etcd versions whose notifications could run ahead.
+                while self.revision < max(newest, current):
+                    self._revision_moved.clear()
+                    await self._revision_moved.wait()
+        except (etcd_mod.EtcdError, TimeoutError) as exc:
+            log.warning(
+                "cannot check that the snapshots are current; resuming sidecars wait",
+                extra={"error": str(exc) or type(exc).__name__},
+            )
+            return
+        finally:
+            self._check = None
+        self._verified_at = started
+        for sub in self._subs:
+            sub.changed.set()
+
     # -- loading --------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -185,6 +236,10 @@ class SnapshotCache:
             pinger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pinger
+            if self._check is not None:
+                self._check.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._check
 
     async def _load_loop(self) -> None:
         unavailable_logged = False
@@ -204,12 +259,16 @@ class SnapshotCache:
             unavailable_logged = False
             self._replace(listing)
             try:
-                async for ev in self._etcd.watch_prefix(
-                    keys.SNAPSHOTS, start_revision=listing.revision + 1
+                async for ev in self._etcd.watch_progress(
+                    keys.SNAPSHOTS, start_revision=listing.revision + 1, progress=self._progress
                 ):
-                    self._apply(ev.key, ev.value)
-                    self.revision = ev.revision
-                    self._schedule_flush()
+                    if isinstance(ev, etcd_mod.Progress):
+                        self.revision = max(self.revision, ev.revision)
+                    else:
+                        self._apply(ev.key, ev.value)
+                        self.revision = ev.revision
+                        self._schedule_flush()
+                    self._revision_moved.set()
             except etcd_mod.Compacted as exc:
                 log.warning("snapshot watch compacted, relisting", extra={"revision": exc.revision})
             except etcd_mod.EtcdError as exc:
@@ -244,6 +303,7 @@ class SnapshotCache:
             if self._raw.get(key) != kv.value:
                 self._apply(key, kv.value)
         self.revision = listing.revision
+        self._revision_moved.set()
         first = not self._loaded
         self._loaded = True
         self._etcd_ok = True
@@ -265,21 +325,24 @@ class SnapshotCache:
             if self._raw.pop(key, None) is not None:
                 self._apps.pop(key, None)
                 self._eds.pop(key, None)
+                self._waiting.pop(key, None)
                 self._pending.add(key)
             return
         if self._raw.get(key) == value:
             return
         self._raw[key] = value
         if key.startswith(keys.APP_SNAPSHOTS):
-            try:
-                keys.parse_app_snapshot_key(key)
-                self._apps[key] = encode_app(snapshot.decode_app(value))
-            except (keys.SchemaError, snapshot.SnapshotError) as exc:
-                log.error(
-                    "undecodable app snapshot, keeping the previous one",
-                    extra={"key": key, "error": str(exc)},
-                )
+            if not self._load_app(key, value):
                 return
+        elif key.startswith(keys.CHUNKS):
+            # NOTE: a part arrives before its head (the translator writes parts first); it
+            # completes a head only in the odd case of a relist that saw the head first.
+            app, k8s = key[len(keys.CHUNKS) :].split("/")[:2]
+            head_key = keys.app_snapshot_key(model.AppName(app), model.ClusterName(k8s))
+            head = self._waiting.get(head_key)
+            if head is None or not self._load_app(head_key, head):
+                return
+            key = head_key
         elif key.startswith(keys.EDS_SNAPSHOTS):
             try:
                 name, _ = keys.parse_eds_key(key)
@@ -290,6 +353,27 @@ class SnapshotCache:
         else:
             return
         self._pending.add(key)
+
+    def _load_app(self, key: str, value: bytes) -> bool:
+        """Decodes an app snapshot (joining its parts); False keeps the previous one."""
+        try:
+            app, k8s = keys.parse_app_snapshot_key(key)
+            parts = snapshot.head_chunks(value)
+            if parts is not None:
+                chunks = [self._raw.get(keys.chunk_key(app, k8s, digest)) for digest in parts]
+                if any(c is None for c in chunks):
+                    self._waiting[key] = value
+                    return False
+                value = snapshot.join_chunks(value, [c for c in chunks if c is not None])
+            self._waiting.pop(key, None)
+            self._apps[key] = encode_app(snapshot.decode_app(value))
+        except (keys.SchemaError, snapshot.SnapshotError) as exc:
+            log.error(
+                "undecodable app snapshot, keeping the previous one",
+                extra={"key": key, "error": str(exc)},
+            )
+            return False
+        return True
 
     def _schedule_flush(self) -> None:
         # NOTE: all events of one etcd revision arrive before the watch consumer yields to the

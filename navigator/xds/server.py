@@ -14,7 +14,10 @@ Protocol rules kept here (see LAB.md, "Envoy's xDS behaviour"):
 - a request with a stale nonce is otherwise ignored; ACK = latest nonce and no error_detail;
   NACK = error_detail (logged once, counted, never string-matched, never re-sent: a response
   goes out only when the content version or the subscription changes);
-- make-before-break: when several types are due, CDS, EDS, LDS, RDS in that order.
+- make-before-break: when several types are due, CDS, EDS, LDS, RDS in that order;
+- never backwards: a sidecar that resumes with a version this front-end does not know may
+  hold a newer one (from a front-end ahead of this one); it gets nothing until this
+  front-end has checked it holds everything etcd held after the stream opened.
 
 Also ``main`` (``navigator xds``) and ``serve`` (an async context manager for tests and the
 lab).
@@ -64,6 +67,11 @@ NACKS = prometheus_client.Counter(
 )
 SENT_BYTES = prometheus_client.Counter(
     "navigator_xds_sent_bytes_total", "Bytes of DiscoveryResponses sent"
+)
+HELD = prometheus_client.Counter(
+    "navigator_xds_resume_held_total",
+    "Responses held back from a resuming sidecar until this front-end caught up with etcd",
+    ["type"],
 )
 ACK_LATENCY = prometheus_client.Histogram(
     "navigator_xds_ack_latency_seconds",
@@ -188,7 +196,7 @@ _EMPTY_VERSION = snapshot.version_of(())
 class _TypeState:
     """What one stream subscribed to and last sent, for one type URL."""
 
-    __slots__ = ("force", "names", "nonce", "sent_at", "sent_version", "waiting_ack")
+    __slots__ = ("force", "names", "nonce", "resumed", "sent_at", "sent_version", "waiting_ack")
 
     def __init__(self, names: frozenset[str]) -> None:
         self.names = names
@@ -196,6 +204,8 @@ class _TypeState:
         self.nonce = ""
         self.force = True
         """Send even if the version did not change (new or changed subscription)."""
+        self.resumed = False
+        """``sent_version`` is what the sidecar said it has, not something we sent."""
         self.sent_at = 0.0
         self.waiting_ack = False
 
@@ -209,6 +219,7 @@ class _Stream:
         self.sub = sub
         self.types: dict[str, _TypeState] = {}
         self.closed = False
+        self.opened_at = time.monotonic()
         self._nonces = 0
         self._app_key = keys.app_snapshot_key(
             model.AppName(node.app), model.ClusterName(node.k8s_cluster)
@@ -249,6 +260,7 @@ class _Stream:
                 # has; versions are content hashes, so equal means it needs nothing.
                 st.sent_version = req.version_info
                 st.force = False
+                st.resumed = True
             if type_url == snapshot.ENDPOINT:
                 self._update_keys()
             self.sub.changed.set()
@@ -304,7 +316,15 @@ class _Stream:
             return None
         version, items = built
         if version == st.sent_version and not st.force:
+            st.resumed = False
             return None
+        if st.resumed and not self.server.source.caught_up(self.opened_at):
+            # NOTE: the sidecar has a version we do not know: it may be newer than ours (it
+            # came from a front-end ahead of us). Answer only once we are known to hold all
+            # that etcd held after it connected; it keeps its config meanwhile.
+            HELD.labels(snapshot.SHORT_NAMES[type_url]).inc()
+            return None
+        st.resumed = False
         body = self.server.responses.body(type_url, version, items)
         self._nonces += 1
         st.nonce = str(self._nonces)

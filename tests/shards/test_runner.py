@@ -59,18 +59,42 @@ async def _flushed_until(tr: runner.Translator, cond: Callable[[], bool]) -> Non
     await asyncio.wait_for(tr.wait_until(cond), 10)
 
 
-async def test_publishes_only_after_every_cluster_is_synced(etcd: etcd_mod.Etcd) -> None:
+async def test_publishes_an_app_only_once_every_contributing_cluster_is_synced(
+    etcd: etcd_mod.Etcd,
+) -> None:
     await _put(etcd, _service(EAST, "127.31.0.10"), _service(WEST, "127.32.0.10"), NEXUS)
     await _put(etcd, _endpoints(EAST, "127.21.0.5"), _endpoints(WEST, "127.22.0.5"))
+    # An app that sees only a service of the synced cluster is not held back by the other.
+    await _put(
+        etcd,
+        dataclasses.replace(_service(EAST, "127.31.0.11"), name="cart"),
+        dataclasses.replace(_endpoints(EAST, "127.21.0.7"), name="cart"),
+        dataclasses.replace(
+            NEXUS,
+            name="shop",
+            app_name=model.AppName("shop"),
+            services=(model.ServiceRef("shop", "cart"),),
+        ),
+    )
     await etcd.put(keys.synced_key(EAST), b"{}")
     async with runner.running(etcd, debounce=0.0) as tr:
         await asyncio.wait_for(tr.loaded.wait(), 10)
+        await _flushed_until(tr, lambda: tr.generation > 0)
         assert not tr.all_synced()
-        assert tr.generation == 0
-        assert (await etcd.get_prefix(keys.SNAPSHOTS)).items == {}
+        held = await etcd.get_prefix(keys.SNAPSHOTS)
+        assert set(held.items) == {
+            keys.app_snapshot_key(model.AppName("shop"), EAST),
+            keys.app_snapshot_key(keys.DEFAULT_APP, EAST),
+            keys.eds_key("shop/cart:8890"),
+        }, "web sees shop/item, which west (not synced) contributes to: nothing of it yet"
+        gen = tr.generation
         await etcd.put(keys.synced_key(WEST), b"{}")
-        await asyncio.wait_for(tr.published.wait(), 10)
+        await _flushed_until(tr, lambda: tr.generation > gen and tr.all_synced())
     listing = await etcd.get_prefix(keys.SNAPSHOTS)
+    for gone in ("shop/cart:8890", "shop"):
+        listing.items.pop(keys.eds_key(gone), None)
+        listing.items.pop(keys.app_snapshot_key(model.AppName(gone), EAST), None)
+        listing.items.pop(keys.app_snapshot_key(model.AppName(gone), WEST), None)
     assert set(listing.items) == {
         keys.app_snapshot_key(model.AppName("web"), EAST),
         keys.app_snapshot_key(model.AppName("web"), WEST),

@@ -8,7 +8,9 @@ next response is that one (a stream handles requests in order).
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,6 +24,7 @@ from google.rpc import status_pb2
 
 from coordinator import etcd as etcd_mod
 from navigator import snapshot
+from navigator.lab import procs
 from navigator.xds import server as xds_server
 
 METHOD = f"/{xds_server.SERVICE}/{xds_server.METHOD}"
@@ -175,3 +178,33 @@ async def test_a_node_without_identity_is_refused(channel: grpc.aio.Channel) -> 
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.recv()
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_resuming_sidecar_with_an_unknown_version_waits_until_the_front_end_caught_up(
+    tmp_path: Path,
+) -> None:
+    proc, url = procs.start_etcd(tmp_path / "etcd", log_file=tmp_path / "etcd.log")
+    etcd = etcd_mod.Etcd(etcd_mod.parse_endpoints(url), timeout=1.0, retry_for=1.0)
+    try:
+        snap = h.app_snapshot("shop", "c1", [h.Service("one", 10001)])
+        async with xds_server.serve(etcd=etcd, listen="127.0.0.1:0", grace=0.2) as xds:
+            await h.applied(xds.cache, await h.publish_app(etcd, snap))
+            held = xds_server.HELD.labels("cds")._value.get()
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{xds.port}") as channel:
+                proc.send_signal(signal.SIGSTOP)  # NOTE: this front-end cannot check etcd now
+                try:
+                    # A version from a front-end that may be ahead of this one.
+                    client = AdsClient(channel, node())
+                    await client.send(snapshot.CLUSTER, version="0123456789abcdef")
+                    await client.send(snapshot.LISTENER)
+                    # CDS goes before LDS when both are due: LDS first means CDS was held.
+                    assert (await client.recv()).type_url == snapshot.LISTENER
+                    assert xds_server.HELD.labels("cds")._value.get() > held
+                finally:
+                    proc.send_signal(signal.SIGCONT)
+                cds = await client.recv()
+                assert cds.type_url == snapshot.CLUSTER
+                assert [r.type_url for r in cds.resources] == [snapshot.CLUSTER]
+    finally:
+        await etcd.close()
+        procs.stop(proc)

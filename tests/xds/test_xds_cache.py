@@ -83,3 +83,31 @@ async def test_relisting_unchanged_state_notifies_nobody(
 
 async def _value(value: bool) -> bool:
     return value
+
+
+async def test_a_snapshot_in_parts_is_served_only_once_every_part_is_here(
+    etcd: etcd_mod.Etcd, loaded: tuple[cache_mod.SnapshotCache, runtime.Health]
+) -> None:
+    cache, _ = loaded
+    before = cache.app("shop", "c1")
+    assert before is not None
+    big = h.app_snapshot("shop", "c1", [h.Service(f"s{i}", 20000 + i) for i in range(3)])
+    body = snapshot.encode_app(big)
+    parts = snapshot.split_app(body, chunk_size=len(body) // 3 + 1)
+    assert len(parts.chunks) == 3
+    app, k8s = model.AppName("shop"), model.ClusterName("c1")
+    # The head first, one part missing: the previous snapshot stays.
+    await etcd.apply(
+        puts={keys.chunk_key(app, k8s, d): c for d, c in parts.chunks[:2]} | {APP_KEY: parts.head}
+    )
+    rev = await etcd.put("/navigator/v1/snapshots/eds/x/y:1/_default", b"")
+    await h.applied(cache, rev)
+    assert cache.app("shop", "c1") is before
+    sub = cache.subscribe()
+    sub.set_keys({APP_KEY})
+    digest, last = parts.chunks[2]
+    await h.applied(cache, await etcd.put(keys.chunk_key(app, k8s, digest), last))
+    entry = cache.app("shop", "c1")
+    assert entry is not None and entry.snapshot == snapshot.decode_app(body)
+    assert sub.changed.is_set()
+    sub.close()

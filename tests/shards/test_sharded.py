@@ -1,0 +1,232 @@
+"""Translator replicas against a real etcd: shards split between them, take-over writes
+nothing when the state is the same, a deposed replica cannot write, large snapshots in parts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+
+from coordinator import election, session
+from coordinator import etcd as etcd_mod
+from navigator import keys, model, runtime, snapshot
+from shards import runner, translate
+
+EAST = model.ClusterName("east")
+SHARDS = 4
+
+
+def _mesh(apps: int) -> list[model.Object]:
+    objs: list[model.Object] = []
+    for s in range(4):
+        objs.append(
+            model.Service(
+                cluster=EAST,
+                namespace="shop",
+                name=f"svc{s}",
+                type=model.ServiceType.CLUSTER_IP,
+                cluster_ip=f"127.31.0.{10 + s}",
+                ports=(model.ServicePort(name="http", port=8080, protocol=model.Protocol.HTTP),),
+            )
+        )
+        objs.append(
+            model.Endpoints(
+                cluster=EAST,
+                namespace="shop",
+                name=f"svc{s}",
+                endpoints=(
+                    model.Endpoint(
+                        ip=f"127.21.0.{10 + s}",
+                        ready=True,
+                        ports=(model.EndpointPort("http", 8080),),
+                    ),
+                ),
+            )
+        )
+    for a in range(apps):
+        objs.append(
+            model.Nexus(
+                cluster=EAST,
+                namespace="apps",
+                name=f"app{a}",
+                app_name=model.AppName(f"app{a}"),
+                services=(model.ServiceRef("shop", f"svc{a % 4}"),),
+            )
+        )
+    return objs
+
+
+async def _seed(etcd: etcd_mod.Etcd, objs: list[model.Object]) -> None:
+    await etcd.apply(puts={keys.state_key(o): model.encode(o) for o in objs})
+    await etcd.put(keys.synced_key(EAST), b"{}")
+
+
+def _want(objs: list[model.Object]) -> dict[str, bytes]:
+    full = translate.translate(objs, [EAST])
+    want = {keys.app_snapshot_key(a, c): snapshot.encode_app(s) for (a, c), s in full.apps.items()}
+    want |= {keys.eds_key(*nv): body for nv, body in full.endpoints.items()}
+    return want
+
+
+async def _until(
+    cond: Callable[[], bool], limit: float = 15.0, what: Callable[[], object] = str
+) -> None:
+    """Polls ``cond`` (it looks at several translators at once) until it holds."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, f"not met in time: {what()}"
+        await asyncio.sleep(0.05)
+
+
+async def _etcd_holds(etcd: etcd_mod.Etcd, want: dict[str, bytes], limit: float = 15.0) -> None:
+    async with asyncio.timeout(limit):
+        while True:
+            listing = await etcd.get_prefix(keys.SNAPSHOTS)
+            if {k: kv.value for k, kv in listing.items.items()} == want:
+                return
+            await asyncio.sleep(0.05)
+
+
+def _state(*trs: runner.Translator) -> object:
+    return [
+        (tr.leading, tr.shard_runner and (tr.shard_runner.assigned, tr.shard_runner.leading))
+        for tr in trs
+    ]
+
+
+@contextlib.asynccontextmanager
+async def _replica(etcd: etcd_mod.Etcd, name: str) -> AsyncIterator[runner.Translator]:
+    async with runner.running(
+        etcd,
+        debounce=0.0,
+        shards=SHARDS,
+        replica=runner.Replica(member_id=name, lease_ttl=3),
+    ) as tr:
+        yield tr
+
+
+async def test_two_replicas_split_the_shards_and_publish_the_full_translation(
+    etcd: etcd_mod.Etcd,
+) -> None:
+    objs = _mesh(apps=12)
+    await _seed(etcd, objs)
+    want = _want(objs)
+    async with _replica(etcd, "a") as a, _replica(etcd, "b") as b:
+        await _until(
+            lambda: len(a.leading) == len(b.leading) == SHARDS // 2, what=lambda: _state(a, b)
+        )
+        assert a.leading | b.leading == set(range(SHARDS))
+        await _etcd_holds(etcd, want)
+        for tr in (a, b):
+            # Each built only its own apps.
+            assert all(tr._owns_app(app) for app in tr._app_wanted)
+
+        # An endpoint change lands through whichever replica owns the service.
+        changed = dataclasses.replace(
+            objs[1],
+            endpoints=(
+                *objs[1].endpoints,  # type: ignore[attr-defined]
+                model.Endpoint(
+                    ip="127.21.0.99", ready=True, ports=(model.EndpointPort("http", 8080),)
+                ),
+            ),
+        )
+        objs[1] = changed
+        await etcd.put(keys.state_key(changed), model.encode(changed))
+        await _etcd_holds(etcd, _want(objs))
+
+
+async def test_taking_over_the_same_state_writes_nothing(etcd: etcd_mod.Etcd) -> None:
+    objs = _mesh(apps=12)
+    await _seed(etcd, objs)
+    want = _want(objs)
+    async with _replica(etcd, "a") as a:
+        async with _replica(etcd, "b") as b:
+            await _until(
+                lambda: len(a.leading) == len(b.leading) == SHARDS // 2, what=lambda: _state(a, b)
+            )
+            await _etcd_holds(etcd, want)
+            before = {
+                k: kv.mod_revision
+                for k, kv in (await etcd.get_prefix(keys.SNAPSHOTS)).items.items()
+            }
+        # b stopped: a leads every shard again, re-deriving what b had written.
+        every = frozenset(range(SHARDS))
+        await asyncio.wait_for(a.wait_until(lambda: a.published_shards == every), 10)
+        after = {
+            k: kv.mod_revision for k, kv in (await etcd.get_prefix(keys.SNAPSHOTS)).items.items()
+        }
+    assert after == before, "a new leader deriving the same state must write nothing"
+
+
+async def test_a_deposed_replica_cannot_write_and_gives_the_shard_up(etcd: etcd_mod.Etcd) -> None:
+    objs = _mesh(apps=8)
+    await _seed(etcd, objs)
+    tr = runner.Translator(etcd, options=translate.Options(), debounce=0.0, lead_all=False)
+    task = asyncio.create_task(tr.run(runtime.Health()))
+    try:
+        await asyncio.wait_for(tr.loaded.wait(), 10)
+        mine = await session.Session.open(etcd, ttl=30)
+        term = await election.campaign(etcd, mine, keys.shard_leader_key(0), b"a")
+        assert term is not None
+        await tr.gain(0, term)
+        await _etcd_holds(etcd, _want(objs))
+
+        # Its lease ends and someone else's term begins, but nothing tells the translator
+        # (no watch on its key here, as when it is paused): it writes with its old fence.
+        await etcd.revoke(mine.lease)
+        other = await session.Session.open(etcd, ttl=30)
+        intruder = await election.campaign(etcd, other, keys.shard_leader_key(0), b"b")
+        assert intruder is not None and intruder.token != term.token
+        app = next(o for o in objs if isinstance(o, model.Nexus))
+        moved = dataclasses.replace(app, services=(model.ServiceRef("shop", "svc3"),))
+        snap_key = keys.app_snapshot_key(app.app_name, EAST)
+        old_value = (await etcd.get(snap_key)).value  # type: ignore[union-attr]
+        deposed = runner.DEPOSED._value.get()
+        gen = tr.generation
+        await etcd.put(keys.state_key(moved), model.encode(moved))
+        await asyncio.wait_for(tr.wait_until(lambda: tr.generation > gen and not tr.leading), 10)
+        assert runner.DEPOSED._value.get() == deposed + 1
+        assert term.lost.is_set(), "the refused write ends the term"
+        assert (await etcd.get(snap_key)).value == old_value  # type: ignore[union-attr]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_snapshot_over_the_value_limit_is_written_in_parts(etcd: etcd_mod.Etcd) -> None:
+    big: list[model.Object] = []
+    for s in range(700):
+        big.append(
+            model.Service(
+                cluster=EAST,
+                namespace="big",
+                name=f"s{s}",
+                type=model.ServiceType.CLUSTER_IP,
+                cluster_ip=f"127.31.{s // 250}.{s % 250 + 1}",
+                ports=(model.ServicePort(name="http", port=8080, protocol=model.Protocol.HTTP),),
+            )
+        )
+    everything = model.Nexus(
+        cluster=EAST,
+        namespace="apps",
+        name="all",
+        app_name=model.AppName("all"),
+        services=(model.ServiceRef("big", ""),),
+    )
+    await _seed(etcd, [*big, everything])
+    async with runner.running(etcd, debounce=0.0) as tr:
+        await asyncio.wait_for(tr.published.wait(), 20)
+    listing = await etcd.get_prefix(keys.SNAPSHOTS)
+    head_key = keys.app_snapshot_key(everything.app_name, EAST)
+    head = listing.items[head_key].value
+    parts = snapshot.head_chunks(head)
+    assert parts is not None and len(parts) >= 2
+    chunks = [listing.items[keys.chunk_key(everything.app_name, EAST, d)].value for d in parts]
+    assert all(len(c) <= snapshot.CHUNK_SIZE for c in chunks)
+    body = snapshot.join_chunks(head, chunks)
+    full = translate.translate([*big, everything], [EAST])
+    assert body == snapshot.encode_app(full.apps[(everything.app_name, EAST)])
+    assert len(body) > snapshot.CHUNK_SIZE
