@@ -96,9 +96,12 @@ async def _until_deleted(
     """Returns once ``key`` is deleted after revision ``after``, or the session is lost."""
 
     async def deleted() -> None:
-        async for ev in etcd.watch_key(key, start_revision=after + 1):
-            if ev.value is None:
-                return
+        try:
+            async for ev in etcd.watch_key(key, start_revision=after + 1):
+                if ev.value is None:
+                    return
+        except etcd_mod.Compacted:
+            return  # NOTE: history gone: the caller looks at the key again.
 
     await _first(deleted(), session_mod.wait_expired(session))
 

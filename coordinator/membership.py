@@ -88,7 +88,11 @@ class Registration:
     async def run(self, session: session_mod.Session) -> None:
         """Writes the record, and again after every change, until the session is lost."""
         self.member = dataclasses.replace(
-            self.member, lease=session.lease, started=self.member.started or time.time()
+            self.member,
+            lease=session.lease,
+            started=self.member.started or time.time(),
+            pid=self.member.pid or os.getpid(),
+            host=self.member.host or socket.gethostname(),
         )
         self._changed.set()
         failing = False

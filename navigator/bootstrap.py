@@ -17,6 +17,7 @@ import ipaddress
 import json
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -59,10 +60,14 @@ def render(
     keepalive_interval: float = 5.0,
     keepalive_timeout: float = 3.0,
     control_plane_health_port: int = DEFAULT_CONTROL_PLANE_HEALTH_PORT,
+    extra_xds_ports: Sequence[int] = (),
+    extra_control_plane_health_ports: Sequence[int] = (),
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap (as a dict ready for JSON/YAML) for one sidecar.
 
     ``cluster`` is the sidecar's Kubernetes cluster; ``xds_host`` defaults to ``$HOST_IP``.
+    ``extra_*_ports``: more front-ends at the same host (the lab's several front-ends on one
+    node); Envoy balances its ADS stream over them and moves to another when one fails.
     """
     host = xds_host or os.environ.get(HOST_IP_ENV, "")
     if not host:
@@ -111,25 +116,7 @@ def render(
                             },
                         }
                     },
-                    "load_assignment": {
-                        "cluster_name": XDS_CLUSTER,
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": host,
-                                                    "port_value": xds_port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
+                    "load_assignment": _assignment(XDS_CLUSTER, host, [xds_port, *extra_xds_ports]),
                 },
                 {
                     # NOTE: the control plane's /readyz, behind the same address as xDS: the
@@ -137,31 +124,35 @@ def render(
                     "name": CONTROL_PLANE_HEALTH_CLUSTER,
                     "type": discovery,
                     "connect_timeout": "1s",
-                    "load_assignment": {
-                        "cluster_name": CONTROL_PLANE_HEALTH_CLUSTER,
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": host,
-                                                    "port_value": control_plane_health_port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
+                    "load_assignment": _assignment(
+                        CONTROL_PLANE_HEALTH_CLUSTER,
+                        host,
+                        [control_plane_health_port, *extra_control_plane_health_ports],
+                    ),
                 },
             ]
         },
         "admin": {
             "address": {"socket_address": {"address": admin_address, "port_value": admin_port}}
         },
+    }
+
+
+def _assignment(name: str, host: str, ports: Sequence[int]) -> dict[str, Any]:
+    return {
+        "cluster_name": name,
+        "endpoints": [
+            {
+                "lb_endpoints": [
+                    {
+                        "endpoint": {
+                            "address": {"socket_address": {"address": host, "port_value": p}}
+                        }
+                    }
+                    for p in ports
+                ]
+            }
+        ],
     }
 
 

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bootstrap": ("navigator.bootstrap", "print an Envoy bootstrap for a sidecar"),
     "weight": ("navigator.weights", "show or set a cluster's traffic weight (0 drains it)"),
     "tracing": ("navigator.tracing", "show, set or turn off the mesh-wide tracing setting"),
+    "state": ("navigator.state", "show clusters, shards and members, read from etcd alone"),
     "kube-api": ("navigator.kubeapi.server", "run the local Kubernetes API server"),
 }
 

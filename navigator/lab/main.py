@@ -1,8 +1,9 @@
 """``navigator lab``: the whole mesh on this machine, each part a real process.
 
-It starts a real etcd, one local Kubernetes API server per cluster (loaded with the Kubernetes
-objects of ``examples/<cluster>/``), the pods' applications bound to their pod IPs, a watcher
-per cluster, the translator, the xDS front-end and one real Envoy sidecar per entry of
+It starts a real 3-member etcd, one local Kubernetes API server per cluster (loaded with the
+Kubernetes objects of ``examples/<cluster>/``), the pods' applications bound to their pod IPs,
+the control plane in its distributed shape (two watcher replicas per cluster, two translators
+sharing the shards, two xDS front-ends, by default) and one real Envoy sidecar per entry of
 ``examples/lab.yaml``. Once everything is ready it writes ``lab.json`` in its state directory
 (the lab's contract with tests, tools and chaos scenarios) and prints what to try. SIGTERM or
 Ctrl-C stops every process it started, by PID; a child also dies with the lab if the lab is
@@ -195,10 +196,27 @@ def choose_network(wanted: str) -> tuple[str, str]:
     return "host", f"network namespaces are not available ({why})"
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Shape:
+    """How many of each control-plane process the lab runs."""
+
+    etcd_members: int = 3
+    watchers_per_cluster: int = 2
+    translators: int = 2
+    frontends: int = 2
+    shards: int = 8
+    lease_ttl: int = 5
+    """Of watchers and translators: how long a dead leader holds on."""
+    translator_debounce: float = 0.02
+
+
 class Lab:
     """Starts, describes and stops the lab's processes (and its pods' network)."""
 
-    def __init__(self, *, state_dir: Path, examples: Path, network: str = "auto") -> None:
+    def __init__(
+        self, *, state_dir: Path, examples: Path, network: str = "auto", shape: Shape = Shape()
+    ) -> None:
+        self.shape = shape
         self.state_dir = state_dir.resolve()
         self.examples = examples.resolve()
         self.logs = self.state_dir / "logs"
@@ -224,14 +242,20 @@ class Lab:
                 seen.add(s.cluster)
                 self.sidecar_specs.append(s)
         self.net: netns.Network | None = None
-        self.etcd_url = ""
+        self.etcd_urls: list[str] = []
         self.kubeconfig = self.state_dir / "kubeconfig"
         self.sidecars: list[dict[str, Any]] = []
         self.gateways: list[dict[str, Any]] = []
-        self.xds_addresses: list[str] = []
-        self.xds_http_port = 0
+        self.frontends: list[dict[str, Any]] = []
+        self.xds_ports: list[int] = []
+        self.xds_http_ports: list[int] = []
         self.http = ""
         """The lab's own /healthz, /readyz and /metrics address."""
+
+    @property
+    def etcd_url(self) -> str:
+        """Every member's client URL, comma-separated (what ``--etcd`` takes)."""
+        return ",".join(self.etcd_urls)
 
     def pod_cidr(self, c: ClusterSpec) -> str:
         return c.pod_cidr if self.mode == "netns" else c.host_pod_cidr
@@ -287,15 +311,23 @@ class Lab:
             shutil.rmtree(etcd_dir)
         # NOTE: started from the loop's own thread: a child dies with the thread that
         # started it (PR_SET_PDEATHSIG), so never start servers from a worker thread.
-        etcd_proc, self.etcd_url = procs.start_etcd(etcd_dir, log_file=self.logs / "etcd.log")
-        self.procs.append(Proc(role="etcd", name="etcd", popen=etcd_proc))
+        members = procs.start_etcd_cluster(
+            etcd_dir, members=self.shape.etcd_members, logs=self.logs
+        )
+        self.etcd_urls = [m.client_url for m in members]
+        for m in members:
+            self.procs.append(
+                Proc(role="etcd", name=m.name, popen=m.popen, extra={"url": m.client_url})
+            )
 
         manifests_dir = self.state_dir / "manifests"
         manifests_dir.mkdir(exist_ok=True)
         api_urls: dict[str, str] = {}
+        self.control_urls: dict[str, str] = {}
         for c in self.topology.clusters:
-            port = procs.free_port()
+            port, control = procs.free_port(), procs.free_port()
             api_urls[c.name] = f"http://{host}:{port}"
+            self.control_urls[c.name] = f"http://{host}:{control}"
             manifest = manifests_dir / f"{c.name}.yaml"
             manifest.write_text(yaml.safe_dump_all(self.manifests[c.name], sort_keys=False))
             self._spawn(
@@ -314,10 +346,12 @@ class Lab:
                     str(manifest),
                     "--service-cidr",
                     self.service_cidr(c),
+                    "--control-port",
+                    str(control),
                 ),
                 cluster=c.name,
                 ready_url=f"http://{host}:{port}/readyz",
-                extra={"url": api_urls[c.name]},
+                extra={"url": api_urls[c.name], "control": self.control_urls[c.name]},
             )
         from navigator.kubeapi import server as kubeapi_server
 
@@ -326,70 +360,105 @@ class Lab:
         self._start_backends()
 
         for c in self.topology.clusters:
-            http = f"{host}:{procs.free_port()}"
-            self._spawn(
-                "watcher",
-                f"watcher-{c.name}",
+            for r in range(self.shape.watchers_per_cluster):
+                name = f"watcher-{c.name}-{r}"
+                http = f"{host}:{procs.free_port()}"
+                self._spawn(
+                    "watcher",
+                    name,
+                    self._python(
+                        "navigator",
+                        "watcher",
+                        "--cluster",
+                        c.name,
+                        "--kubeconfig",
+                        str(self.kubeconfig),
+                        "--context",
+                        c.name,
+                        "--etcd",
+                        self.etcd_url,
+                        "--http",
+                        http,
+                        "--id",
+                        name,
+                        "--lease-ttl",
+                        str(self.shape.lease_ttl),
+                    ),
+                    cluster=c.name,
+                    ready_url=f"http://{http}/readyz",
+                    extra={"http": http, "id": name},
+                )
+        for i in range(self.shape.translators):
+            self.start_translator(i)
+        hosts = [host] + (
+            [c.node_ip for c in self.topology.clusters] if self.mode == "netns" else []
+        )
+        for i in range(self.shape.frontends):
+            xds_port, http_port = procs.free_port(), procs.free_port()
+            self.xds_ports.append(xds_port)
+            self.xds_http_ports.append(http_port)
+            addresses = [f"{h}:{xds_port}" for h in hosts]
+            # NOTE: sidecars reach a front-end's /readyz (their /healthz/control-plane) at
+            # their node address, as they reach xDS.
+            http = ",".join(f"{h}:{http_port}" for h in hosts)
+            proc = self._spawn(
+                "xds",
+                f"xds-{i}",
                 self._python(
                     "navigator",
-                    "watcher",
-                    "--cluster",
-                    c.name,
-                    "--kubeconfig",
-                    str(self.kubeconfig),
-                    "--context",
-                    c.name,
+                    "xds",
+                    "--listen",
+                    ",".join(addresses),
                     "--etcd",
                     self.etcd_url,
                     "--http",
                     http,
+                    "--id",
+                    f"xds-{i}",
                 ),
-                cluster=c.name,
-                ready_url=f"http://{http}/readyz",
-                extra={"http": http},
+                ready_url=f"http://{host}:{http_port}/readyz",
+                extra={
+                    "address": addresses[0],
+                    "addresses": addresses,
+                    "http": f"{host}:{http_port}",
+                },
             )
-        http = f"{host}:{procs.free_port()}"
-        self._spawn(
+            self.frontends.append({"name": proc.name, **proc.extra})
+        await self._wait_ready([p for p in self.procs if p.ready_url])
+        self._start_sidecars()
+        self._start_gateways()
+        await self._wait_sidecars()
+        self._write_lab_json(api_urls)
+
+    def start_translator(self, i: int) -> Proc:
+        """Starts translator replica ``i`` (tests add replicas to a running lab this way)."""
+        name = f"translator-{i}"
+        http = f"127.0.0.1:{procs.free_port()}"
+        return self._spawn(
             "translator",
-            "translator",
-            self._python("navigator", "translator", "--etcd", self.etcd_url, "--http", http),
-            ready_url=f"http://{http}/readyz",
-            extra={"http": http},
-        )
-        xds_port = procs.free_port()
-        hosts = [host] + (
-            [c.node_ip for c in self.topology.clusters] if self.mode == "netns" else []
-        )
-        self.xds_addresses = [f"{h}:{xds_port}" for h in hosts]
-        self.xds_http_port = procs.free_port()
-        # NOTE: sidecars reach the front-end's /readyz (their /healthz/control-plane) at their
-        # node address, as they reach xDS.
-        http = ",".join(f"{h}:{self.xds_http_port}" for h in hosts)
-        self._spawn(
-            "xds",
-            "xds-0",
+            name,
             self._python(
                 "navigator",
-                "xds",
-                "--listen",
-                ",".join(self.xds_addresses),
+                "translator",
                 "--etcd",
                 self.etcd_url,
                 "--http",
                 http,
+                "--id",
+                name,
+                "--shards",
+                str(self.shape.shards),
+                "--lease-ttl",
+                str(self.shape.lease_ttl),
+                "--debounce",
+                str(self.shape.translator_debounce),
             ),
-            ready_url=f"http://{host}:{self.xds_http_port}/readyz",
-            extra={
-                "address": self.xds_addresses[0],
-                "addresses": self.xds_addresses,
-                "http": f"{host}:{self.xds_http_port}",
-            },
+            ready_url=f"http://{http}/readyz",
+            extra={"http": http, "id": name},
         )
-        await self._wait_ready([p for p in self.procs if p.ready_url])
-        self._start_sidecars(xds_port)
-        self._start_gateways(xds_port)
-        await self._wait_sidecars()
-        self._write_lab_json(api_urls)
+
+    def proc(self, name: str) -> Proc:
+        return next(p for p in self.procs if p.name == name)
 
     def _start_backends(self) -> None:
         """One process per pod address of the example Endpoints, bound to the pod IP."""
@@ -450,7 +519,6 @@ class Lab:
         cluster: ClusterSpec,
         prefix: list[str],
         admin: tuple[str, int],
-        xds_port: int,
     ) -> None:
         """An Envoy (sidecar or gateway) from ``navigator bootstrap``'s config, in its pod."""
         config = bootstrap.render(
@@ -460,10 +528,12 @@ class Lab:
             region=cluster.region,
             zone=cluster.zone,
             xds_host=self.node_ip(cluster),
-            xds_port=xds_port,
+            xds_port=self.xds_ports[0],
+            extra_xds_ports=self.xds_ports[1:],
             admin_address=admin[0],
             admin_port=admin[1],
-            control_plane_health_port=self.xds_http_port,
+            control_plane_health_port=self.xds_http_ports[0],
+            extra_control_plane_health_ports=self.xds_http_ports[1:],
         )
         path = self.state_dir / f"envoy-{node_id}.json"
         path.write_text(json.dumps(config, indent=2))
@@ -475,7 +545,7 @@ class Lab:
             extra={"app": app, "node_id": node_id},
         )
 
-    def _start_sidecars(self, xds_port: int) -> None:
+    def _start_sidecars(self) -> None:
         clusters = {c.name: c for c in self.topology.clusters}
         for i, s in enumerate(self.sidecar_specs):
             c = clusters[s.cluster]
@@ -493,7 +563,6 @@ class Lab:
                 cluster=c,
                 prefix=prefix,
                 admin=(admin_address, admin_port),
-                xds_port=xds_port,
             )
             self.sidecars.append(
                 {
@@ -509,7 +578,7 @@ class Lab:
                 }
             )
 
-    def _start_gateways(self, xds_port: int) -> None:
+    def _start_gateways(self) -> None:
         """One gateway Envoy per ``gateways`` entry, in a pod of its own (netns only)."""
         if self.net is None:
             for g in self.topology.gateways:
@@ -542,7 +611,6 @@ class Lab:
                 cluster=c,
                 prefix=pod.exec_prefix,
                 admin=(pod.ip, ENVOY_ADMIN_PORT),
-                xds_port=xds_port,
             )
             self.gateways.append(
                 {
@@ -623,7 +691,7 @@ class Lab:
                     if port not in entry["ports"]:
                         entry["ports"].append(port)
         doc = {
-            "etcd": [self.etcd_url],
+            "etcd": self.etcd_urls,
             "kubeconfig": str(self.kubeconfig),
             "network": {
                 "mode": self.mode,
@@ -639,13 +707,14 @@ class Lab:
                     "service_cidr": self.service_cidr(c),
                     "node_ip": self.node_ip(c),
                     "api": api_urls[c.name],
+                    "control": self.control_urls[c.name],
                 }
                 for c in self.topology.clusters
             ],
             "services": [services[k] for k in sorted(services)],
             "sidecars": self.sidecars,
             "gateways": self.gateways,
-            "xds": self.xds_addresses,
+            "xds": self.frontends,
             "processes": [p.describe() for p in self.procs],
             "logs": str(self.logs),
             "http": self.http,
@@ -757,13 +826,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="127.0.0.1:0",
         help="address of the lab's /healthz, /readyz (all processes up) and /metrics",
     )
+    default = Shape()
+    parser.add_argument(
+        "--watchers",
+        type=int,
+        default=default.watchers_per_cluster,
+        help="watcher replicas per cluster (default %(default)s)",
+    )
+    parser.add_argument(
+        "--translators", type=int, default=default.translators, help="(default %(default)s)"
+    )
+    parser.add_argument(
+        "--frontends",
+        type=int,
+        default=default.frontends,
+        help="xDS front-ends (default %(default)s)",
+    )
+    parser.add_argument(
+        "--etcd-members", type=int, default=default.etcd_members, help="(default %(default)s)"
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     runtime.setup_logging(args.log_level, component="lab")
+    shape = Shape(
+        etcd_members=args.etcd_members,
+        watchers_per_cluster=args.watchers,
+        translators=args.translators,
+        frontends=args.frontends,
+    )
+    if min(dataclasses.astuple(shape)) < 1:
+        print("navigator lab: every process count must be at least 1", file=sys.stderr)
+        return 2
 
     async def amain(stop: asyncio.Event) -> int:
         try:
-            lab = Lab(state_dir=args.state_dir, examples=args.examples, network=args.network)
+            lab = Lab(
+                state_dir=args.state_dir,
+                examples=args.examples,
+                network=args.network,
+                shape=shape,
+            )
         except LabError as exc:
             print(f"navigator lab: {exc}", file=sys.stderr)
             return 2

@@ -100,7 +100,14 @@ def start_etcd(
     client_url = f"http://{host}:{client_port}"
     peer_url = f"http://{host}:{peer_port}"
     proc = start(
-        _etcd_args(name, data_dir, client_url, peer_url, f"{name}={peer_url}", "new"),
+        _etcd_args(
+            name,
+            data_dir,
+            client_url=client_url,
+            peer_url=peer_url,
+            initial=f"{name}={peer_url}",
+            state="new",
+        ),
         log_file=log_file,
     )
     wait_tcp(host, client_port, proc=proc)
@@ -121,7 +128,15 @@ def start_etcd_cluster(
             log_file = (logs or base_dir) / f"{n}.log"
             data_dir = base_dir / n
             popen = start(
-                _etcd_args(n, data_dir, client[n], peer[n], initial, "new"), log_file=log_file
+                _etcd_args(
+                    n,
+                    data_dir,
+                    client_url=client[n],
+                    peer_url=peer[n],
+                    initial=initial,
+                    state="new",
+                ),
+                log_file=log_file,
             )
             out.append(EtcdMember(n, client[n], peer[n], data_dir, log_file, initial, popen))
         for m in out:
@@ -139,10 +154,10 @@ def restart_etcd_member(member: EtcdMember) -> None:
         _etcd_args(
             member.name,
             member.data_dir,
-            member.client_url,
-            member.peer_url,
-            member.initial_cluster,
-            "existing",
+            client_url=member.client_url,
+            peer_url=member.peer_url,
+            initial=member.initial_cluster,
+            state="existing",
         ),
         log_file=member.log_file,
     )
@@ -151,7 +166,7 @@ def restart_etcd_member(member: EtcdMember) -> None:
 
 
 def _etcd_args(
-    name: str, data_dir: Path, client_url: str, peer_url: str, initial: str, state: str
+    name: str, data_dir: Path, *, client_url: str, peer_url: str, initial: str, state: str
 ) -> list[str]:
     return [
         str(etcd_binary()),

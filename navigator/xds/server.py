@@ -42,6 +42,7 @@ import prometheus_client
 from envoy.service.discovery.v3 import discovery_pb2
 
 from coordinator import etcd as etcd_mod
+from coordinator import membership, session
 from navigator import keys, model, runtime, snapshot
 from navigator.xds import cache as cache_mod
 from navigator.xds import wire
@@ -50,6 +51,10 @@ log = logging.getLogger(__name__)
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 METHOD = "StreamAggregatedResources"
+
+ROLE = "xds"
+MEMBER_TTL = 10
+"""Seconds a dead front-end's member record outlives it (it leads nothing)."""
 
 DEFAULT_LISTEN = "0.0.0.0:18000"
 DEFAULT_HTTP = "127.0.0.1:9102"
@@ -495,6 +500,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"address of /healthz, /readyz, /metrics (default {DEFAULT_HTTP})",
     )
     parser.add_argument(
+        "--id",
+        default=membership.default_id(),
+        help="this front-end's id in etcd (default: $POD_NAME, else <hostname>-<pid>)",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     return parser
@@ -522,7 +532,15 @@ def main(argv: list[str] | None = None) -> int:
                 "xds front-end started",
                 extra={"grpc": handle.address, "http": http_address, "etcd": args.etcd},
             )
-            await runtime.wait_stop(stop, handle.loader)
+            registration = membership.Registration(
+                etcd,
+                membership.Member(role=ROLE, id=args.id, address=args.listen, http=http_address),
+            )
+            # NOTE: membership is for people and tools; serving never waits for it.
+            registering = asyncio.create_task(
+                session.run_sessions(etcd, ttl=MEMBER_TTL, body=registration.run)
+            )
+            await runtime.wait_stop(stop, handle.loader, registering)
         log.info("xds front-end stopped")
         return 0
 

@@ -1,0 +1,154 @@
+"""A TCP proxy that injects network faults between two of our processes, on loopback.
+
+The kernel here has no ``netem``, and partitions by nftables need network namespaces; a small
+asyncio proxy in the path does the same for one connection path: a process is given the
+proxy's address instead of its peer's, and the proxy forwards, delays, swallows or resets.
+
+Modes (``set_mode``), applied to every connection, open or new:
+
+- ``pass``: forward both ways;
+- ``delay``: forward after ``delay`` seconds (latency; jitter up to ``jitter``);
+- ``blackhole``: forward nothing either way (a silent partition: the peer sees nothing until
+  its own keepalives give up); what was sent meanwhile is held, as TCP retransmits it, and
+  delivered if the connection is still open when the mode changes back;
+- ``reset``: close every connection with RST at once, and new ones as they come.
+
+Only what the test or scenario starts is touched: the proxy listens on an address it is
+given and connects only to the one upstream it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+import socket
+import struct
+from collections.abc import AsyncIterator
+
+log = logging.getLogger(__name__)
+
+
+class Mode(enum.StrEnum):
+    PASS = "pass"
+    DELAY = "delay"
+    BLACKHOLE = "blackhole"
+    RESET = "reset"
+
+
+class FaultProxy:
+    """Forwards ``listen`` → ``upstream``; see the module docstring for the modes."""
+
+    def __init__(self, *, upstream: tuple[str, int], listen: tuple[str, int] = ("127.0.0.1", 0)):
+        self.upstream = upstream
+        self._listen = listen
+        self.mode = Mode.PASS
+        self.delay = 0.0
+        self.jitter = 0.0
+        self._server: asyncio.Server | None = None
+        self._conns: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._mode_changed = asyncio.Event()
+        self.connections = 0
+        """Connections accepted so far."""
+
+    @property
+    def address(self) -> str:
+        assert self._server is not None, "start the proxy first"
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return f"{host}:{port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, *self._listen)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for a, b in list(self._conns):
+            _abort(a)
+            _abort(b)
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def set_mode(self, mode: Mode, *, delay: float = 0.0, jitter: float = 0.0) -> None:
+        self.mode, self.delay, self.jitter = mode, delay, jitter
+        log.info("fault proxy mode", extra={"mode": str(mode), "upstream": str(self.upstream)})
+        if mode is Mode.RESET:
+            for a, b in list(self._conns):
+                _abort(a)
+                _abort(b)
+        self._mode_changed.set()
+        self._mode_changed.clear()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        if self.mode is Mode.RESET:
+            _abort(writer)
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            _abort(writer)
+            return
+        pair = (writer, up_writer)
+        self._conns.add(pair)
+        tasks = [
+            asyncio.create_task(self._pipe(reader, up_writer)),
+            asyncio.create_task(self._pipe(up_reader, writer)),
+        ]
+        self._tasks.update(tasks)
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._tasks.difference_update(tasks)
+            self._conns.discard(pair)
+            for w in pair:
+                w.close()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    return
+                while self.mode is Mode.BLACKHOLE:
+                    await self._mode_changed.wait()
+                if self.mode is Mode.RESET:
+                    return
+                if self.mode is Mode.DELAY:
+                    await asyncio.sleep(self.delay + random.uniform(0, self.jitter))
+                writer.write(data)
+                await writer.drain()
+
+
+def _abort(writer: asyncio.StreamWriter) -> None:
+    """Closes with RST (SO_LINGER 0), as a dead peer or a firewall reset does."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+@contextlib.asynccontextmanager
+async def proxy(upstream: str) -> AsyncIterator[FaultProxy]:
+    """A running proxy to ``upstream`` (``host:port``) on a free loopback port."""
+    host, _, port = upstream.rpartition(":")
+    p = FaultProxy(upstream=(host, int(port)))
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.close()
