@@ -269,7 +269,7 @@ class Lab:
     def _python(self, *args: str) -> list[str]:
         return [sys.executable, "-m", *args]
 
-    def _spawn(self, role: str, name: str, args: list[str], **kw: Any) -> Proc:
+    def spawn(self, role: str, name: str, args: list[str], **kw: Any) -> Proc:
         popen = procs.start(args, log_file=self.logs / f"{name}.log")
         proc = Proc(role=role, name=name, popen=popen, **kw)
         self.procs.append(proc)
@@ -330,7 +330,7 @@ class Lab:
             self.control_urls[c.name] = f"http://{host}:{control}"
             manifest = manifests_dir / f"{c.name}.yaml"
             manifest.write_text(yaml.safe_dump_all(self.manifests[c.name], sort_keys=False))
-            self._spawn(
+            self.spawn(
                 "kube-api",
                 f"kube-api-{c.name}",
                 self._python(
@@ -363,7 +363,7 @@ class Lab:
             for r in range(self.shape.watchers_per_cluster):
                 name = f"watcher-{c.name}-{r}"
                 http = f"{host}:{procs.free_port()}"
-                self._spawn(
+                self.spawn(
                     "watcher",
                     name,
                     self._python(
@@ -401,7 +401,7 @@ class Lab:
             # NOTE: sidecars reach a front-end's /readyz (their /healthz/control-plane) at
             # their node address, as they reach xDS.
             http = ",".join(f"{h}:{http_port}" for h in hosts)
-            proc = self._spawn(
+            proc = self.spawn(
                 "xds",
                 f"xds-{i}",
                 self._python(
@@ -424,7 +424,7 @@ class Lab:
                 },
             )
             self.frontends.append({"name": proc.name, **proc.extra})
-        await self._wait_ready([p for p in self.procs if p.ready_url])
+        await self.wait_ready([p for p in self.procs if p.ready_url])
         self._start_sidecars()
         self._start_gateways()
         await self._wait_sidecars()
@@ -434,7 +434,7 @@ class Lab:
         """Starts translator replica ``i`` (tests add replicas to a running lab this way)."""
         name = f"translator-{i}"
         http = f"127.0.0.1:{procs.free_port()}"
-        return self._spawn(
+        return self.spawn(
             "translator",
             name,
             self._python(
@@ -503,7 +503,7 @@ class Lab:
                 prefix: list[str] = []
                 if self.net is not None:
                     prefix = self.net.add_pod(c.name, pod["name"], ip).exec_prefix
-                self._spawn(
+                self.spawn(
                     "backend",
                     f"backend-{c.name}-{pod['name']}",
                     prefix + self._python(*args),
@@ -537,7 +537,7 @@ class Lab:
         )
         path = self.state_dir / f"envoy-{node_id}.json"
         path.write_text(json.dumps(config, indent=2))
-        self._spawn(
+        self.spawn(
             "envoy",
             f"envoy-{node_id}",
             [*prefix, str(procs.envoy_binary()), "-c", str(path), *ENVOY_FLAGS],
@@ -625,7 +625,7 @@ class Lab:
                 }
             )
 
-    async def _wait_ready(self, waiting: list[Proc], limit: float = 60.0) -> None:
+    async def wait_ready(self, waiting: list[Proc], limit: float = 60.0) -> None:
         deadline = time.monotonic() + limit
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
             pending = list(waiting)

@@ -20,6 +20,14 @@ async def test_a_paused_shard_leader_cannot_write_after_it_wakes(start_lab: Star
     shard = keys.service_shard("shop", "item", lab.shape.shards)
     eds_key = keys.eds_key("shop/item:8890", "r1-a")
     async with f.etcd_of(lab) as etcd:
+
+        async def settled() -> bool:
+            leaders = {
+                await f.leader(etcd, keys.shard_leader_key(n)) for n in range(lab.shape.shards)
+            }
+            return leaders == {"translator-0", "translator-1"} and bool(await etcd.get(eds_key))
+
+        await f.until(settled, within=20, what="the shards shared and item's endpoints published")
         paused = lab.proc(
             await f.until(
                 lambda: f.leader(etcd, keys.shard_leader_key(shard)),

@@ -211,7 +211,7 @@ async def test_no_front_end_serves_a_torn_snapshot_when_a_translator_dies_mid_pu
                 lab.procs.remove(victim)
                 index = int(victim.name.rsplit("-", 1)[1])
                 restarted = lab.start_translator(index)
-                await lab._wait_ready([restarted])
+                await lab.wait_ready([restarted])
         assert not seen.torn, seen.torn[:10]
         assert seen.responses >= 3 * len(lab.frontends) * len(APPS) * len(CLUSTERS)
         assert mid_publish >= 1, "no kill landed in the middle of a publication"
