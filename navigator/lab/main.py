@@ -854,7 +854,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         translators=args.translators,
         frontends=args.frontends,
     )
-    if min(dataclasses.astuple(shape)) < 1:
+    counts = (shape.etcd_members, shape.watchers_per_cluster, shape.translators, shape.frontends)
+    if min(counts) < 1:
         print("navigator lab: every process count must be at least 1", file=sys.stderr)
         return 2
 
