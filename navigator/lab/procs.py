@@ -123,6 +123,9 @@ def start_etcd_cluster(
     peer = {n: f"http://{host}:{free_port(host)}" for n in names}
     initial = ",".join(f"{n}={peer[n]}" for n in names)
     out: list[EtcdMember] = []
+    base_dir.mkdir(parents=True, exist_ok=True)
+    if logs is not None:
+        logs.mkdir(parents=True, exist_ok=True)
     try:
         for n in names:
             log_file = (logs or base_dir) / f"{n}.log"
