@@ -222,8 +222,11 @@ class Translator:
         self._terms[shard] = term
         SHARDS_LED.set(len(self._terms))
         self._dirty_shards.add(shard)
-        self._eds_due |= {k for k in self._mesh if self._owns_service(k)}
-        self._eds_due |= {k for k in self._eds_names if self._owns_service(k)}
+        self._eds_due |= {
+            k
+            for k in (*self._mesh, *self._eds_names)
+            if keys.service_shard(k[0], k[1], self.shards) == shard
+        }
         self._mesh_diags_dirty = True
         self._gateways_dirty = True
         log.info("leading shard", extra={"shard": shard, "keys": len(self._written)})
@@ -954,19 +957,21 @@ class Translator:
                 delay = min(delay * 2, 10.0)
 
     async def _run_once(self, health: runtime.Health) -> None:
-        written = await self.etcd.get_prefix(keys.SNAPSHOTS)
-        diags = await self.etcd.get_prefix(keys.DIAGNOSTICS)
         state = await self.etcd.get_prefix(keys.STATE)
         synced = await self.etcd.get_prefix(keys.SYNCED)
         config = await self.etcd.get_prefix(keys.CONFIG)
         self._clear_state()
         self._written = {}
         self._chunks = {}
-        for shard in self._terms:
-            self._adopt(shard, {**written.items, **diags.items})
         self.load(state)
         self.load(synced)
         self.load(config)
+        if self._terms:
+            # NOTE: what our shards hold is read again, by a listing that starts after every
+            # term we hold began (a shard gained meanwhile adopts its own, newer, listing).
+            items = await self._listing_for_gain()
+            for shard in list(self._terms):
+                self._adopt(shard, items)
         self.loaded.set()
         self._changed.set()
         health.set_ready(True)

@@ -795,7 +795,12 @@ def instructions(lab: Lab) -> str:
     ]
     if lab.sidecars:
         lines.append(f"  curl -s {lab.sidecars[0]['admin']}/config_dump | less")
-    lines += ["", "Ctrl-C stops everything."]
+    lines += [
+        "  navigator state members    # every process, what it leads (from etcd alone)",
+        "  navigator state clusters   # synced, stale, which watcher replica writes each",
+        "",
+        "Ctrl-C stops everything.",
+    ]
     return "\n".join(lines)
 
 

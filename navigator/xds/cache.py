@@ -335,8 +335,8 @@ class SnapshotCache:
             if not self._load_app(key, value):
                 return
         elif key.startswith(keys.CHUNKS):
-            # NOTE: a part arrives before its head (the translator writes parts first); it
-            # completes a head only in the odd case of a relist that saw the head first.
+            # NOTE: on the watch a part arrives before its head (the translator writes parts
+            # first); in a listing (sorted by key) heads come first and wait for their parts.
             app, k8s = key[len(keys.CHUNKS) :].split("/")[:2]
             head_key = keys.app_snapshot_key(model.AppName(app), model.ClusterName(k8s))
             head = self._waiting.get(head_key)
