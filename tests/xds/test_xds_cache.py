@@ -111,3 +111,24 @@ async def test_a_snapshot_in_parts_is_served_only_once_every_part_is_here(
     entry = cache.app("shop", "c1")
     assert entry is not None and entry.snapshot == snapshot.decode_app(body)
     sub.close()
+
+
+async def test_a_listing_assembles_a_snapshot_in_parts(etcd: etcd_mod.Etcd) -> None:
+    big = h.app_snapshot("shop", "c1", [h.Service(f"s{i}", 20000 + i) for i in range(3)])
+    body = snapshot.encode_app(big)
+    parts = snapshot.split_app(body, chunk_size=len(body) // 2 + 1)
+    app, k8s = model.AppName("shop"), model.ClusterName("c1")
+    await etcd.apply(
+        puts={keys.chunk_key(app, k8s, d): c for d, c in parts.chunks} | {APP_KEY: parts.head}
+    )
+    cache = cache_mod.SnapshotCache(etcd)
+    task = asyncio.create_task(cache.run())
+    try:
+        await asyncio.wait_for(cache.wait_loaded(), 10)
+        # NOTE: a listing is sorted by key: the head comes before its parts.
+        entry = cache.app("shop", "c1")
+        assert entry is not None and entry.snapshot == snapshot.decode_app(body)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
