@@ -523,8 +523,11 @@ class KubeApiServer:
             if deadline is not None and now >= deadline:
                 return
             w.wakeup.clear()  # no await since the queue was seen empty: no lost wakeup
+            # NOTE: asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+            # cancellation that arrives as the wakeup is set, and this loop would go on.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(w.wakeup.wait(), min(waits) if waits else None)
+                async with asyncio.timeout(min(waits) if waits else None):
+                    await w.wakeup.wait()
 
 
 def _success(rt: ResourceType, deleted: Obj) -> dict[str, Any]:

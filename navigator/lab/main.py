@@ -908,7 +908,8 @@ async def _run(lab: Lab, stop: asyncio.Event, health: runtime.Health) -> int:
                 )
                 return 1
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await stop.wait()
         return 0
     except (LabError, procs.ProcError) as exc:
         print(f"navigator lab: {exc}", file=sys.stderr)
