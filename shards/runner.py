@@ -835,6 +835,26 @@ class Translator:
             for d in unique
         ]
         body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        if len(body) > MAX_DIAGNOSTICS_BYTES:
+            # NOTE: a mesh broken everywhere must not make a value etcd refuses: the first
+            # ones are kept (sorted, so stable), the count of the rest is said; every one is
+            # still in the metrics and was logged.
+            kept: list[dict[str, str]] = []
+            size = 2
+            for entry in doc:
+                size += len(json.dumps(entry, sort_keys=True, separators=(",", ":"))) + 1
+                if size > MAX_DIAGNOSTICS_BYTES - 256:
+                    break
+                kept.append(entry)
+            kept.append(
+                {
+                    "object": "",
+                    "reason": "diagnostics-truncated",
+                    "message": f"{len(doc) - len(kept)} more diagnostics not stored here",
+                    "severity": translate.Severity.WARNING,
+                }
+            )
+            body = json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()
         if self._changed_key(key, body):
             puts[key] = body
 
@@ -997,6 +1017,9 @@ class Translator:
 
 
 _NOT_LEADING = object()
+
+MAX_DIAGNOSTICS_BYTES = 256 * 1024
+"""A diagnostics value stays well under etcd's request limit."""
 
 
 def _head_of_chunk(key: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 from collections.abc import AsyncIterator, Callable
 
 from coordinator import election, session
@@ -230,3 +231,18 @@ async def test_a_snapshot_over_the_value_limit_is_written_in_parts(etcd: etcd_mo
     full = translate.translate([*big, everything], [EAST])
     assert body == snapshot.encode_app(full.apps[(everything.app_name, EAST)])
     assert len(body) > snapshot.CHUNK_SIZE
+
+
+def test_diagnostics_too_large_for_one_value_are_truncated_with_a_count() -> None:
+    tr = runner.Translator(etcd=None, options=translate.Options())  # type: ignore[arg-type]
+    refs = tuple(model.ServiceRef("gone", f"missing-{i:05d}") for i in range(6000))
+    nexus = model.Nexus(EAST, "apps", "big", model.AppName("big"), refs)
+    tr.apply(keys.state_key(nexus), model.encode(nexus))
+    tr.apply(keys.synced_key(EAST), b"{}")
+    puts, _ = tr.compute()
+    body = puts[keys.diagnostics_key(model.AppName("big"))]
+    assert len(body) <= runner.MAX_DIAGNOSTICS_BYTES
+    doc = json.loads(body)
+    assert doc[-1]["reason"] == "diagnostics-truncated"
+    assert doc[-1]["message"].startswith(f"{6000 - (len(doc) - 1)} more")
+    assert all(d["reason"] != "diagnostics-truncated" for d in doc[:-1])
