@@ -28,11 +28,6 @@ from navigator import keys
 log = logging.getLogger(__name__)
 
 
-def default_id() -> str:
-    """``$POD_NAME`` in Kubernetes, else ``<hostname>-<pid>``: unique per process."""
-    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Member:
     role: str

@@ -6,11 +6,14 @@ Structured JSON logs on stderr, an HTTP endpoint with ``/healthz``, ``/readyz`` 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,6 +23,30 @@ import prometheus_client
 from aiohttp import web
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+
+DEFAULT_ETCD = "http://127.0.0.1:2379"
+
+
+def add_etcd_argument(parser: argparse.ArgumentParser) -> None:
+    """``--etcd``, the same on every command that talks to etcd."""
+    parser.add_argument(
+        "--etcd",
+        default=os.environ.get("NAVIGATOR_ETCD", DEFAULT_ETCD),
+        help="etcd endpoints, comma-separated (default: $NAVIGATOR_ETCD or %(default)s)",
+    )
+
+
+def add_member_arguments(parser: argparse.ArgumentParser, *, lease_help: str = "") -> None:
+    """``--id`` (this process in etcd) and, for processes that elect leaders, ``--lease-ttl``."""
+    parser.add_argument(
+        "--id",
+        default=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+        help="this process's id in etcd (default: $POD_NAME, else <hostname>-<pid>)",
+    )
+    if lease_help:
+        parser.add_argument(
+            "--lease-ttl", type=int, default=5, help=f"{lease_help} (default %(default)s)"
+        )
 
 
 class JsonFormatter(logging.Formatter):

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import collections
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -25,7 +24,7 @@ import yaml
 
 from coordinator import election, membership
 from coordinator import etcd as etcd_mod
-from navigator import keys
+from navigator import keys, runtime
 
 Row = dict[str, Any]
 
@@ -189,11 +188,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Show the control plane's state, read from etcd only.",
     )
     parser.add_argument("what", choices=sorted(READERS), help="what to show")
-    parser.add_argument(
-        "--etcd",
-        default=os.environ.get("NAVIGATOR_ETCD", "http://127.0.0.1:2379"),
-        help="etcd endpoints, comma-separated (default: $NAVIGATOR_ETCD or %(default)s)",
-    )
+    runtime.add_etcd_argument(parser)
     parser.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     return parser
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Sequence
 
 from coordinator import etcd as etcd_mod
-from navigator import keys, model
+from navigator import keys, model, runtime
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,11 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sampling", type=float, default=1.0, help="percent of requests traced (default 1)"
     )
-    parser.add_argument(
-        "--etcd",
-        default=os.environ.get("NAVIGATOR_ETCD", "http://127.0.0.1:2379"),
-        help="etcd endpoints, comma-separated (default: $NAVIGATOR_ETCD or %(default)s)",
-    )
+    runtime.add_etcd_argument(parser)
     return parser
 
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Sequence
 
 from coordinator import etcd as etcd_mod
-from navigator import keys, model
+from navigator import keys, model, runtime
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,11 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--force", action="store_true", help="set it even if no watcher has synced the cluster"
     )
-    parser.add_argument(
-        "--etcd",
-        default=os.environ.get("NAVIGATOR_ETCD", "http://127.0.0.1:2379"),
-        help="etcd endpoints, comma-separated (default: $NAVIGATOR_ETCD or %(default)s)",
-    )
+    runtime.add_etcd_argument(parser)
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
     return parser
 

@@ -33,7 +33,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import TypeVar
@@ -1140,11 +1139,7 @@ def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
         description="Translate normalized mesh state in etcd into per-app Envoy snapshots. Run "
         "any number of replicas: they share the shards, one leader per shard.",
     )
-    parser.add_argument(
-        "--etcd",
-        default=os.environ.get("NAVIGATOR_ETCD", "http://127.0.0.1:2379"),
-        help="etcd endpoints, comma-separated (default: $NAVIGATOR_ETCD or %(default)s)",
-    )
+    runtime.add_etcd_argument(parser)
     parser.add_argument("--http", default="127.0.0.1:9101", help="health and metrics address")
     parser.add_argument(
         "--shards",
@@ -1153,16 +1148,8 @@ def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
         help="number of shards apps are hashed to; the first translator of a mesh fixes it "
         "(default %(default)s)",
     )
-    parser.add_argument(
-        "--id",
-        default=membership.default_id(),
-        help="this replica's id in etcd (default: $POD_NAME, else <hostname>-<pid>)",
-    )
-    parser.add_argument(
-        "--lease-ttl",
-        type=int,
-        default=5,
-        help="seconds before the shards of a dead replica are taken over (default 5)",
+    runtime.add_member_arguments(
+        parser, lease_help="seconds before the shards of a dead replica are taken over"
     )
     parser.add_argument(
         "--no-bind-to-port",

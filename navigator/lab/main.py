@@ -832,24 +832,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="address of the lab's /healthz, /readyz (all processes up) and /metrics",
     )
     default = Shape()
-    parser.add_argument(
-        "--watchers",
-        type=int,
-        default=default.watchers_per_cluster,
-        help="watcher replicas per cluster (default %(default)s)",
-    )
-    parser.add_argument(
-        "--translators", type=int, default=default.translators, help="(default %(default)s)"
-    )
-    parser.add_argument(
-        "--frontends",
-        type=int,
-        default=default.frontends,
-        help="xDS front-ends (default %(default)s)",
-    )
-    parser.add_argument(
-        "--etcd-members", type=int, default=default.etcd_members, help="(default %(default)s)"
-    )
+    for flag, value, what in (
+        ("--watchers", default.watchers_per_cluster, "watcher replicas per cluster"),
+        ("--translators", default.translators, "translator replicas"),
+        ("--frontends", default.frontends, "xDS front-ends"),
+        ("--etcd-members", default.etcd_members, "etcd members"),
+    ):
+        parser.add_argument(flag, type=int, default=value, help=f"{what} (default %(default)s)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     runtime.setup_logging(args.log_level, component="lab")

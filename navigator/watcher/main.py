@@ -14,18 +14,15 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
 from coordinator import etcd as etcd_mod
-from coordinator import membership
 from navigator import runtime
 from navigator.watcher import informer, runner
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ETCD = "http://127.0.0.1:2379"
 PROG = "navigator watcher"
 
 
@@ -37,22 +34,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cluster", required=True, help="the cluster's name in the mesh")
     parser.add_argument("--kubeconfig", required=True, help="path of the kubeconfig")
     parser.add_argument("--context", help="kubeconfig context (default: the cluster name)")
-    parser.add_argument(
-        "--etcd",
-        default=os.environ.get("NAVIGATOR_ETCD", DEFAULT_ETCD),
-        help="comma-separated etcd endpoints (default: $NAVIGATOR_ETCD or %(default)s)",
-    )
+    runtime.add_etcd_argument(parser)
     parser.add_argument("--http", default="127.0.0.1:0", help="health/metrics address host:port")
-    parser.add_argument(
-        "--id",
-        default=membership.default_id(),
-        help="this replica's id in etcd (default: $POD_NAME, else <hostname>-<pid>)",
-    )
-    parser.add_argument(
-        "--lease-ttl",
-        type=int,
-        default=5,
-        help="seconds a dead leader keeps the cluster before a standby takes over (default 5)",
+    runtime.add_member_arguments(
+        parser, lease_help="seconds a dead leader keeps the cluster before a standby takes over"
     )
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
     return parser.parse_args(argv)

@@ -31,7 +31,6 @@ import collections
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -58,7 +57,6 @@ MEMBER_TTL = 10
 
 DEFAULT_LISTEN = "0.0.0.0:18000"
 DEFAULT_HTTP = "127.0.0.1:9102"
-DEFAULT_ETCD = "http://127.0.0.1:2379"
 
 WILDCARD_TYPES = frozenset({snapshot.CLUSTER, snapshot.LISTENER})
 """Types whose responses hold every resource of the app snapshot, whatever was requested."""
@@ -489,21 +487,13 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_LISTEN,
         help=f"gRPC address, or several comma-separated (default {DEFAULT_LISTEN})",
     )
-    parser.add_argument(
-        "--etcd",
-        default=os.environ.get("NAVIGATOR_ETCD", DEFAULT_ETCD),
-        help=f"comma-separated etcd endpoints (default $NAVIGATOR_ETCD or {DEFAULT_ETCD})",
-    )
+    runtime.add_etcd_argument(parser)
     parser.add_argument(
         "--http",
         default=DEFAULT_HTTP,
         help=f"address of /healthz, /readyz, /metrics (default {DEFAULT_HTTP})",
     )
-    parser.add_argument(
-        "--id",
-        default=membership.default_id(),
-        help="this front-end's id in etcd (default: $POD_NAME, else <hostname>-<pid>)",
-    )
+    runtime.add_member_arguments(parser)
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
