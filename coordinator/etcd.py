@@ -206,16 +206,31 @@ class Progress:
 
 
 class ProgressRequests:
-    """Asks a running watch for progress notifications (``watch_prefix(progress=...)``)."""
+    """Asks a running watch for a progress notification (``watch_progress``).
+
+    Requests made while one is unanswered are one request: a caller that asks on every
+    event costs one round trip, not one per event.
+    """
 
     def __init__(self) -> None:
         self._queue: asyncio.Queue[None] = asyncio.Queue()
+        self._wanted = False
 
     def request(self) -> None:
-        self._queue.put_nowait(None)
+        if not self._wanted:
+            self._wanted = True
+            self._queue.put_nowait(None)
 
     async def next(self) -> None:
         await self._queue.get()
+
+    def answered(self) -> None:
+        self._wanted = False
+
+    def stream_started(self) -> None:
+        """A new stream: a request the old one took with it is asked again."""
+        if self._wanted and self._queue.empty():
+            self._queue.put_nowait(None)
 
 
 class Etcd:
@@ -563,6 +578,8 @@ class Etcd:
             )
         )
         done = asyncio.Event()
+        if progress is not None:
+            progress.stream_started()
 
         async def requests() -> AsyncIterator[Any]:
             yield create
@@ -595,6 +612,7 @@ class Etcd:
                 elif progress is not None and not resp.created and resp.header.revision:
                     # NOTE: an empty response is a progress notification: nothing up to its
                     # revision is still to come on this stream.
+                    progress.answered()
                     yield [Progress(int(resp.header.revision))]
         except aetcd.rpc.AioRpcError as exc:
             if exc.code() != aetcd.rpc.StatusCode.CANCELLED:

@@ -124,6 +124,7 @@ class Translator:
         """App snapshot key → the chunk keys of it that etcd holds."""
         self._gain_batch: asyncio.Future[dict[str, etcd_mod.KeyValue]] | None = None
         self._gain_lister: asyncio.Task[None] | None = None
+        self._progress = etcd_mod.ProgressRequests()
         self.shard_runner: shards_mod.ShardRunner | None = None
         """Set once this replica takes part in shard elections (``lead_shards``)."""
         self._changed = asyncio.Event()
@@ -138,6 +139,11 @@ class Translator:
         self._per_cluster: collections.Counter[model.ClusterName] = collections.Counter()
         """Number of objects per Kubernetes cluster: the clusters that have state."""
         self._synced: set[model.ClusterName] = set()
+        """Clusters whose synced marker is here and whose state we have seen up to it."""
+        self._markers: dict[model.ClusterName, int] = {}
+        """Synced markers: the revision of the cluster's state each one vouches for."""
+        self._state_seen = 0
+        """The ``state/`` watch has delivered every change up to this revision."""
         self._services: dict[ServiceKey, dict[model.ClusterName, model.Service]] = {}
         self._endpoints: dict[ServiceKey, dict[model.ClusterName, model.Endpoints]] = {}
         # NOTE: slices are indexed by their service-name label, not their own name.
@@ -308,17 +314,11 @@ class Translator:
             return  # NOTE: a setting of a newer version; ignored.
         if key.startswith(keys.SYNCED):
             cluster = keys.parse_synced_key(key)
-            was = cluster in self._synced
             if value is None:
-                self._synced.discard(cluster)
+                self._markers.pop(cluster, None)
             else:
-                self._synced.add(cluster)
-            if was != (cluster in self._synced):
-                # NOTE: what this cluster contributes to may be published (or held) now.
-                self._dirty_shards |= set(range(self.shards))
-                self._eds_due |= self._services_in(cluster)
-                self._gateways_dirty = True
-                self._changed.set()
+                self._markers[cluster] = _marker_revision(value)
+            self._refresh_synced()
             return
         try:
             skey = keys.parse_state_key(key)
@@ -378,6 +378,33 @@ class Translator:
         self._dirty_services.update(self._services)
         self._dirty_shards |= set(range(self.shards))
         self._changed.set()
+
+    def state_seen(self, revision: int) -> None:
+        """Every ``state/`` change up to ``revision`` has been applied (a listing, an event or
+        a progress notification of the state watch)."""
+        if revision > self._state_seen:
+            self._state_seen = revision
+            if len(self._synced) < len(self._markers):
+                self._refresh_synced()
+
+    def _refresh_synced(self) -> None:
+        """A cluster counts as synced once the state its marker vouches for has arrived.
+
+        NOTE: state and synced markers come on separate watches, so a marker may be applied
+        before the last state writes it covers; publishing then would drop what is still on
+        its way.
+        """
+        synced = {c for c, rev in self._markers.items() if rev <= self._state_seen}
+        for cluster in synced ^ self._synced:
+            # NOTE: what this cluster contributes to may be published (or held) now.
+            self._dirty_shards |= set(range(self.shards))
+            self._eds_due |= self._services_in(cluster)
+            self._gateways_dirty = True
+            self._changed.set()
+        self._synced = synced
+        if len(synced) < len(self._markers):
+            # NOTE: no state change may follow the marker's revision: ask the watch where it is.
+            self._progress.request()
 
     def _services_in(self, cluster: model.ClusterName) -> set[ServiceKey]:
         """Every service that has a Service, Endpoints or EndpointSlice in ``cluster``."""
@@ -983,6 +1010,7 @@ class Translator:
         self._written = {}
         self._chunks = {}
         self.load(state)
+        self.state_seen(state.revision)
         self.load(synced)
         self.load(config)
         if self._terms:
@@ -995,7 +1023,7 @@ class Translator:
         self._changed.set()
         health.set_ready(True)
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._follow(keys.STATE, state.revision + 1))
+            tasks.create_task(self._follow_state(state.revision + 1))
             tasks.create_task(self._follow(keys.SYNCED, synced.revision + 1))
             tasks.create_task(self._follow(keys.CONFIG, config.revision + 1))
             tasks.create_task(self._publisher())
@@ -1003,6 +1031,14 @@ class Translator:
     async def _follow(self, prefix: str, revision: int) -> None:
         async for ev in self.etcd.watch_prefix(prefix, start_revision=revision):
             self.apply(ev.key, ev.value)
+
+    async def _follow_state(self, revision: int) -> None:
+        async for ev in self.etcd.watch_progress(
+            keys.STATE, start_revision=revision, progress=self._progress
+        ):
+            if isinstance(ev, etcd_mod.Event):
+                self.apply(ev.key, ev.value)
+            self.state_seen(ev.revision)
 
     async def _publisher(self) -> None:
         while True:
@@ -1019,6 +1055,16 @@ _NOT_LEADING = object()
 
 MAX_DIAGNOSTICS_BYTES = 256 * 1024
 """A diagnostics value stays well under etcd's request limit."""
+
+
+def _marker_revision(value: bytes) -> int:
+    """The state revision a synced marker vouches for (0 when it names none)."""
+    try:
+        doc = json.loads(value)
+        revision = doc.get("revision", 0) if isinstance(doc, dict) else 0
+        return int(revision) if isinstance(revision, int) else 0
+    except ValueError:
+        return 0
 
 
 def _head_of_chunk(key: str) -> str:

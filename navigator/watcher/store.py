@@ -27,7 +27,8 @@ Invariants:
 - While the API server is unreachable the cluster's state is kept as it is and a stale marker
   (``keys.stale_key``) says since when; it goes once the API answers again.
 - The synced marker is written once per term, after the first reconcile, when nothing is
-  dirty.
+  dirty; its ``revision`` is that of the cluster's newest state write, so a reader can tell
+  when it has seen all the state the marker vouches for.
 """
 
 from __future__ import annotations
@@ -283,7 +284,9 @@ class SyncStore:
                 self._stale = dataclasses.replace(self._stale, since=min(since, self._stale.since))
         self._stale_dirty = True
         self._dirty |= set(self._written) | set(self._desired)
-        self._revision = listing.revision
+        # NOTE: the synced marker names the revision of the cluster's newest state key: a
+        # translator counts the cluster as synced once its state watch has reached it.
+        self._revision = max((kv.mod_revision for kv in listing.items.values()), default=0)
         self._etcd_ok = True
         if attempt:
             log.info("etcd reachable", extra={"cluster": self.cluster})
@@ -328,15 +331,8 @@ class SyncStore:
             else:
                 continue  # NOTE: no evidence yet; decided once every kind is listed.
             basis[ident] = want
-        stale_op = self._stale_op()
         if skipped:
             metrics.SKIPPED.labels(self.cluster).inc(skipped)
-        if stale_op is not None:
-            key = keys.stale_key(self.cluster)
-            if stale_op:
-                puts[key] = stale_op
-            else:
-                deletes.append(key)
         if puts or deletes:
             revision = await self._etcd.apply(puts=puts, deletes=deletes, fence=self._fence)
             self._revision = max(self._revision, revision)
@@ -347,9 +343,6 @@ class SyncStore:
                 "wrote state",
                 extra={"cluster": self.cluster, "puts": len(puts), "deletes": len(deletes)},
             )
-        if stale_op is not None:
-            self._stale_written = stale_op or None
-            self._stale_dirty = False
         for ident, now in outcome.items():
             if now is None:
                 self._written.pop(ident, None)
@@ -358,6 +351,17 @@ class SyncStore:
             # NOTE: what changed while we were writing stays dirty (compared again next time).
             if self._desired.get(ident) == basis[ident]:
                 self._dirty.discard(ident)
+        # NOTE: apart from the state, so that ``_revision`` stays a state write's revision.
+        stale_op = self._stale_op()
+        if stale_op is not None:
+            key = keys.stale_key(self.cluster)
+            await self._etcd.apply(
+                puts={key: stale_op} if stale_op else {},
+                deletes=[] if stale_op else [key],
+                fence=self._fence,
+            )
+            self._stale_written = stale_op or None
+            self._stale_dirty = False
 
     def _stale_op(self) -> bytes | None:
         """The stale marker to put (bytes), delete (b""), or None for nothing to do."""

@@ -246,3 +246,39 @@ def test_diagnostics_too_large_for_one_value_are_truncated_with_a_count() -> Non
     assert doc[-1]["reason"] == "diagnostics-truncated"
     assert doc[-1]["message"].startswith(f"{6000 - (len(doc) - 1)} more")
     assert all(d["reason"] != "diagnostics-truncated" for d in doc[:-1])
+
+
+def test_a_synced_marker_counts_only_once_the_state_it_vouches_for_has_arrived() -> None:
+    """State and markers come on two watches: a marker may arrive before the last state
+    writes it covers. Publishing then would give apps a mesh with services missing."""
+    tr = runner.Translator(etcd=None, options=translate.Options())  # type: ignore[arg-type]
+    objs = _mesh(apps=1)
+    nexus = next(o for o in objs if isinstance(o, model.Nexus))
+    tr.apply(keys.state_key(nexus), model.encode(nexus))
+    tr.state_seen(10)
+    tr.apply(keys.synced_key(EAST), b'{"cluster":"east","revision":12}')
+    puts, _ = tr.compute()
+    assert not tr.all_synced()
+    assert puts == {}, "nothing is published for a cluster whose state is still on its way"
+    for o in objs:
+        if not isinstance(o, model.Nexus):
+            tr.apply(keys.state_key(o), model.encode(o))
+    tr.state_seen(12)
+    assert tr.all_synced()
+    puts, _ = tr.compute()
+    assert set(puts) >= set(_want(objs)), "everything, services included, once it has arrived"
+    assert keys.diagnostics_key(nexus.app_name) not in puts, "no service was missing"
+
+
+async def test_a_marker_ahead_of_every_state_change_is_settled_by_a_progress_notification(
+    etcd: etcd_mod.Etcd,
+) -> None:
+    objs = _mesh(apps=2)
+    await etcd.apply(puts={keys.state_key(o): model.encode(o) for o in objs})
+    async with runner.running(etcd, debounce=0.0) as tr:
+        await asyncio.wait_for(tr.loaded.wait(), 10)
+        # A revision no state change carries (as a watcher's listing revision would be).
+        ahead = await etcd.put("/test/elsewhere", b"x")
+        await etcd.put(keys.synced_key(EAST), json.dumps({"revision": ahead}).encode())
+        await asyncio.wait_for(tr.wait_until(tr.all_synced), 10)
+        await _etcd_holds(etcd, _want(objs))
