@@ -87,9 +87,7 @@ class Reporter:
             await self._writer.drain()
 
 
-def make_node(
-    *, node_id: str, app: str, k8s_cluster: str, region: str, zone: str
-) -> base_pb2.Node:
+def make_node(*, node_id: str, app: str, k8s_cluster: str, region: str, zone: str) -> base_pb2.Node:
     metadata = struct_pb2.Struct()
     metadata.update({"app": app, "k8s_cluster": k8s_cluster})
     return base_pb2.Node(
@@ -115,9 +113,7 @@ def eds_names(resp: discovery_pb2.DiscoveryResponse) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
-def addresses_of(
-    resp: discovery_pb2.DiscoveryResponse, watch: str
-) -> tuple[str, ...] | None:
+def addresses_of(resp: discovery_pb2.DiscoveryResponse, watch: str) -> tuple[str, ...] | None:
     """The sorted ``ip:port`` of ``watch`` in an EDS response; None if it is not in it.
 
     NOTE: in SotW an EDS resource missing from a response is not a deletion (Envoy keeps what
@@ -309,6 +305,12 @@ async def amain(args: argparse.Namespace) -> int:
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
+        # NOTE: the driver may send SIGTERM as we exit on its closed connection. Closing the
+        # loop closes its wakeup fd before it removes its signal handlers, and a signal in
+        # between prints "Exception ignored ... signal wakeup fd". Done here: ignore them.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
     return 0
 
 
