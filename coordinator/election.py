@@ -38,7 +38,7 @@ ELECTED = prometheus_client.Counter(
     "navigator_leader_elected_total", "Times this process became leader", ["role"]
 )
 LEADING = prometheus_client.Gauge(
-    "navigator_leader", "1 while this process leads the role", ["role"]
+    "navigator_leader_terms", "Leadership terms this process holds now, by role", ["role"]
 )
 
 
@@ -172,14 +172,14 @@ async def lead(
         if leadership is None:
             return
         ELECTED.labels(role=role).inc()
-        LEADING.labels(role=role).set(1)
+        LEADING.labels(role=role).inc()
         log.info("elected", extra={"role": role, "key": key, "token": leadership.token})
         holder = asyncio.create_task(hold(etcd, leadership), name=f"hold-{key}")
         worker = asyncio.create_task(body(leadership), name=f"lead-{key}")
         try:
             await asyncio.wait([holder, worker], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            LEADING.labels(role=role).set(0)
+            LEADING.labels(role=role).dec()
             holder.cancel()
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
