@@ -18,19 +18,21 @@ EAST = model.ClusterName("east")
 SHARDS = 4
 
 
+def _service(namespace: str, name: str, ip: str) -> model.Service:
+    return model.Service(
+        cluster=EAST,
+        namespace=namespace,
+        name=name,
+        type=model.ServiceType.CLUSTER_IP,
+        cluster_ip=ip,
+        ports=(model.ServicePort(name="http", port=8080, protocol=model.Protocol.HTTP),),
+    )
+
+
 def _mesh(apps: int) -> list[model.Object]:
     objs: list[model.Object] = []
     for s in range(4):
-        objs.append(
-            model.Service(
-                cluster=EAST,
-                namespace="shop",
-                name=f"svc{s}",
-                type=model.ServiceType.CLUSTER_IP,
-                cluster_ip=f"127.31.0.{10 + s}",
-                ports=(model.ServicePort(name="http", port=8080, protocol=model.Protocol.HTTP),),
-            )
-        )
+        objs.append(_service("shop", f"svc{s}", f"127.31.0.{10 + s}"))
         objs.append(
             model.Endpoints(
                 cluster=EAST,
@@ -198,18 +200,9 @@ async def test_a_deposed_replica_cannot_write_and_gives_the_shard_up(etcd: etcd_
 
 
 async def test_a_snapshot_over_the_value_limit_is_written_in_parts(etcd: etcd_mod.Etcd) -> None:
-    big: list[model.Object] = []
-    for s in range(700):
-        big.append(
-            model.Service(
-                cluster=EAST,
-                namespace="big",
-                name=f"s{s}",
-                type=model.ServiceType.CLUSTER_IP,
-                cluster_ip=f"127.31.{s // 250}.{s % 250 + 1}",
-                ports=(model.ServicePort(name="http", port=8080, protocol=model.Protocol.HTTP),),
-            )
-        )
+    big: list[model.Object] = [
+        _service("big", f"s{s}", f"127.31.{s // 250}.{s % 250 + 1}") for s in range(700)
+    ]
     everything = model.Nexus(
         cluster=EAST,
         namespace="apps",
