@@ -70,6 +70,10 @@ SHARDS_LED = prometheus_client.Gauge(
 DEPOSED = prometheus_client.Counter(
     "navigator_translator_deposed_total", "Shard terms ended by a write the fence refused"
 )
+STATE_REVISION = prometheus_client.Gauge(
+    "navigator_translator_state_revision",
+    "The etcd revision up to which this translator has applied the normalized state",
+)
 WITHHELD = prometheus_client.Gauge(
     "navigator_translator_withheld",
     "Apps and services not published because a contributing cluster is not synced",
@@ -384,6 +388,7 @@ class Translator:
         a progress notification of the state watch)."""
         if revision > self._state_seen:
             self._state_seen = revision
+            STATE_REVISION.set(revision)
             if len(self._synced) < len(self._markers):
                 self._refresh_synced()
 

@@ -31,7 +31,9 @@ async def test_one_candidate_leads_and_a_deposed_leaders_write_is_refused(
     await etcd.put("/t/x", b"from-a", fence=first.fence)
 
     second = asyncio.create_task(election.campaign(etcd, b, KEY, b"b"))
-    await asyncio.sleep(0.3)
+    # NOTE: a negative: the candidate must still be waiting when this deadline passes.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(second), 0.5)
     assert not second.done(), "a second candidate must wait while the key is held"
 
     await etcd.revoke(a.lease)  # NOTE: what etcd does when a's lease expires
@@ -85,7 +87,6 @@ async def test_resigning_on_cancel_hands_over_at_once(etcd: etcd_mod.Etcd) -> No
     lead_b = asyncio.create_task(
         election.lead(etcd, b, key=KEY, value=b"b", role="test", body=await body_of("b"))
     )
-    await asyncio.sleep(0.2)
     started = time.monotonic()
     lead_a.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -108,7 +109,7 @@ async def test_a_leader_cut_off_from_etcd_stops_at_its_local_deadline(tmp_path: 
         term = await election.campaign(client, s, KEY, b"s")
         assert term is not None
         holder = asyncio.create_task(election.hold(client, term))
-        await asyncio.sleep(1.2)
+        await asyncio.wait_for(s.renewed.wait(), 5)  # NOTE: one keepalive answered first
         paused_at = time.monotonic()
         proc.send_signal(signal.SIGSTOP)  # NOTE: etcd stops answering
         try:

@@ -4,14 +4,13 @@ leader wrote stay as they are."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 
 import fault_helpers as f
 from conftest import StartLab
 
-from navigator import keys
+from navigator import keys, model
 
 
 async def test_a_paused_shard_leader_cannot_write_after_it_wakes(start_lab: StartLab) -> None:
@@ -43,7 +42,24 @@ async def test_a_paused_shard_leader_cannot_write_after_it_wakes(start_lab: Star
         old_eds = (await etcd.get(eds_key)).value  # type: ignore[union-attr]
 
         await f.set_endpoint_ips(lab, "east", "shop", "item", [*ips, new_ip])
-        await asyncio.sleep(0.3)  # NOTE: the leader has the change and is in its debounce.
+        state_key = keys.state_key(
+            model.Endpoints(
+                cluster=model.ClusterName("east"), namespace="shop", name="item", endpoints=()
+            )
+        )
+
+        async def written() -> int | None:
+            kv = await etcd.get(state_key)
+            return kv.mod_revision if kv is not None and new_ip.encode() in kv.value else None
+
+        revision = await f.until(written, within=10, what="the watcher to write the change")
+
+        async def received() -> bool:
+            seen = await f.metric(http, "navigator_translator_state_revision")
+            return seen >= revision
+
+        # NOTE: now the leader holds the change and waits out its one-second debounce.
+        await f.until(received, within=5, what="the leader to receive the change", every=0.01)
         os.kill(paused.popen.pid, signal.SIGSTOP)
         try:
 
@@ -58,7 +74,6 @@ async def test_a_paused_shard_leader_cannot_write_after_it_wakes(start_lab: Star
                 return kv.value if kv is not None and new_ip.encode() in kv.value else None
 
             await f.until(published, within=10, what="the new leader to publish the change")
-            await asyncio.sleep(1.0)  # NOTE: paused for well over the lease TTL.
             intact = await etcd.get_prefix(keys.SNAPSHOTS)
         finally:
             os.kill(paused.popen.pid, signal.SIGCONT)
@@ -68,7 +83,22 @@ async def test_a_paused_shard_leader_cannot_write_after_it_wakes(start_lab: Star
             return got if got > rejected else None
 
         await f.until(refused, within=10, what="the woken leader's write to be refused")
-        await asyncio.sleep(1.0)
+
+        async def rejoined() -> bool:
+            leaders = {
+                await f.leader(etcd, keys.shard_leader_key(n)) for n in range(lab.shape.shards)
+            }
+            return paused.name in leaders
+
+        # It comes back with a new session and new terms, re-derives the same state: a full
+        # publication of its shards after which nothing more may have landed.
+        await f.until(rejoined, within=lab.shape.lease_ttl + 15, what="it to lead shards again")
+        flushes = await f.metric(http, "navigator_translator_flushes_total")
+
+        async def flushed() -> bool:
+            return await f.metric(http, "navigator_translator_flushes_total") > flushes
+
+        await f.until(flushed, within=10, what="a publication under its new terms")
         after = await etcd.get_prefix(keys.SNAPSHOTS)
         assert await f.metric(http, "navigator_etcd_fenced_txns_total", result="landed") == landed
         assert {k: (v.value, v.mod_revision) for k, v in after.items.items()} == {

@@ -537,6 +537,7 @@ async def test_real_http_traffic_follows_the_weights(http_backend: Serve, tmp_pa
                 return await resp.text()
 
         answers = collections.Counter(await asyncio.gather(*(one() for _ in range(1000))))
+    assert sum(answers.values()) == 1000
     _assert_shares(answers)
 
 
@@ -558,4 +559,5 @@ async def test_real_tcp_connections_follow_the_weights(tcp_backend: Serve, tmp_p
 
     async with _real_envoy(listener, 5432, tcp_backend, tmp_path):
         answers = collections.Counter(await asyncio.gather(*(one() for _ in range(1000))))
+    assert sum(answers.values()) == 1000
     _assert_shares(answers)

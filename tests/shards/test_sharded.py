@@ -274,4 +274,7 @@ async def test_a_marker_ahead_of_every_state_change_is_settled_by_a_progress_not
         ahead = await etcd.put("/test/elsewhere", b"x")
         await etcd.put(keys.synced_key(EAST), json.dumps({"revision": ahead}).encode())
         await asyncio.wait_for(tr.wait_until(tr.all_synced), 10)
+        assert tr.all_synced()
         await _etcd_holds(etcd, _want(objs))
+    listing = await etcd.get_prefix(keys.SNAPSHOTS)
+    assert {k: kv.value for k, kv in listing.items.items()} == _want(objs)

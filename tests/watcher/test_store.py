@@ -280,7 +280,7 @@ async def test_an_unreachable_api_marks_the_cluster_stale_and_keeps_its_state(
         await eventually(marked)
         doc = json.loads((await etcd.get(keys.stale_key(C))).value)  # type: ignore[union-attr]
         assert doc["error"] == "connection refused" and doc["leader"] == "w"
-        await asyncio.sleep(0.05)
+        await eventually(lambda: _true(_stale_seconds() > 0.0))
         assert _stale_seconds() > 0.0
         assert await etcd.get(keys.state_key(node("a"))) is not None, "stale state is kept"
 
