@@ -135,17 +135,19 @@ class ShardRunner:
             if self.member_id not in ids:
                 # NOTE: our own record may not be visible yet; we count ourselves anyway.
                 ids.append(self.member_id)
-            self.assigned = assign(self.shards, ids).get(self.member_id, frozenset())
+            assigned = assign(self.shards, ids).get(self.member_id, frozenset())
+            if assigned != self.assigned:
+                log.info(
+                    "shard assignment",
+                    extra={"members": sorted(ids), "assigned": sorted(assigned)},
+                )
+            self.assigned = assigned
             for shard in sorted(set(self._campaigns) - self.assigned):
                 await self._stop(shard)
             for shard in sorted(self.assigned - set(self._campaigns)):
                 self._campaigns[shard] = asyncio.create_task(
                     self._campaign(session, shard), name=f"shard-{shard}"
                 )
-            log.info(
-                "shard assignment",
-                extra={"members": sorted(ids), "assigned": sorted(self.assigned)},
-            )
 
     async def _campaign(self, session: session_mod.Session, shard: int) -> None:
         async def body(leadership: election.Leadership) -> None:

@@ -128,6 +128,7 @@ class Translator:
         """App snapshot key → the chunk keys of it that etcd holds."""
         self._gain_batch: asyncio.Future[dict[str, etcd_mod.KeyValue]] | None = None
         self._gain_lister: asyncio.Task[None] | None = None
+        """Held so the running listing task is not garbage-collected (asyncio keeps weak refs)."""
         self._progress = etcd_mod.ProgressRequests()
         self.shard_runner: shards_mod.ShardRunner | None = None
         """Set once this replica takes part in shard elections (``lead_shards``)."""
@@ -202,9 +203,6 @@ class Translator:
             raise ValueError("the shard count cannot change while leading shards")
         self.shards = count
         self._dirty_shards = set(range(count))
-
-    def owns(self, shard: int) -> bool:
-        return shard in self._terms
 
     @property
     def leading(self) -> frozenset[int]:
