@@ -63,6 +63,8 @@ WATCHERS = ROOT + "watchers/"
 STALE = ROOT + "stale/"
 SHARDS = ROOT + "shards/"
 MEMBERS = ROOT + "members/"
+SIDECARS = ROOT + "sidecars/"
+"""sidecars/<front-end id>/<node id>: a connected sidecar's status, under the front-end's lease."""
 
 CLUSTER_SCOPED = "_"
 DEFAULT_APP = model.AppName("_default")
@@ -229,6 +231,24 @@ def members_prefix(role: str | None = None) -> str:
 
 def member_key(role: str, member_id: str) -> str:
     return f"{MEMBERS}{role}/{member_id}"
+
+
+def sidecar_prefix(frontend: str | None = None) -> str:
+    return SIDECARS if frontend is None else f"{SIDECARS}{frontend}/"
+
+
+def sidecar_key(frontend: str, node_id: str) -> str:
+    # NOTE: an Envoy node id may hold "/": it is the rest of the key, after the front-end id.
+    return f"{SIDECARS}{frontend}/{node_id}"
+
+
+def parse_sidecar_key(key: str) -> tuple[str, str]:
+    """Returns (front-end id, node id)."""
+    rest = key[len(SIDECARS) :] if key.startswith(SIDECARS) else ""
+    frontend, sep, node_id = rest.partition("/")
+    if not frontend or not sep or not node_id:
+        raise SchemaError(f"not a sidecar status key: {key!r}")
+    return frontend, node_id
 
 
 def parse_member_key(key: str) -> tuple[str, str]:

@@ -99,6 +99,8 @@ class Subscription:
         self._owner = owner
         self.keys: frozenset[str] = frozenset()
         self.changed = asyncio.Event()
+        self.since: float | None = None
+        """When (monotonic) the cache first saw a change the stream has not answered yet."""
 
     def set_keys(self, new_keys: Iterable[str]) -> None:
         self._owner._reindex(self, frozenset(new_keys))
@@ -385,8 +387,11 @@ class SnapshotCache:
     def _flush(self) -> None:
         self._flush_scheduled = False
         pending, self._pending = self._pending, set()
+        now = time.monotonic()
         for key in pending:
             for sub in self._index.get(key, ()):
+                if sub.since is None:
+                    sub.since = now
                 sub.changed.set()
 
     def _reindex(self, sub: Subscription, new_keys: frozenset[str]) -> None:

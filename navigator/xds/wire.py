@@ -60,4 +60,36 @@ def response_body(*, type_url: str, version: str, entries: list[bytes]) -> bytes
 
 
 def with_nonce(body: bytes, nonce: str) -> bytes:
+    """``body`` with its nonce: field 5 in both DiscoveryResponse and DeltaDiscoveryResponse."""
     return body + field(RESPONSE_NONCE, nonce.encode())
+
+
+DELTA_SYSTEM_VERSION_INFO = 1
+DELTA_RESOURCES = 2
+DELTA_TYPE_URL = 4
+DELTA_REMOVED_RESOURCES = 6
+
+RESOURCE_VERSION = 1
+RESOURCE_NAME = 3
+
+
+def delta_resource(name: str, version: str, entry: bytes) -> bytes:
+    """One ``DeltaDiscoveryResponse.resources`` entry from a ``resource_entry``.
+
+    NOTE: ``Resource.resource`` (an ``Any``) is field 2, as ``DiscoveryResponse.resources``
+    is, so the SotW entry's bytes are reused unchanged inside the ``Resource`` message.
+    """
+    return field(
+        DELTA_RESOURCES,
+        field(RESOURCE_NAME, name.encode()) + field(RESOURCE_VERSION, version.encode()) + entry,
+    )
+
+
+def delta_body(*, type_url: str, version: str, resources: list[bytes], removed: list[str]) -> bytes:
+    """A DeltaDiscoveryResponse without its nonce."""
+    return (
+        b"".join(resources)
+        + b"".join(field(DELTA_REMOVED_RESOURCES, name.encode()) for name in removed)
+        + field(DELTA_SYSTEM_VERSION_INFO, version.encode())
+        + field(DELTA_TYPE_URL, type_url.encode())
+    )

@@ -19,7 +19,12 @@ from navigator.xds import server as xds_server
 
 
 def _responses(type_name: str) -> float:
-    return REGISTRY.get_sample_value("navigator_xds_responses_total", {"type": type_name}) or 0.0
+    return (
+        REGISTRY.get_sample_value(
+            "navigator_xds_responses_total", {"type": type_name, "variant": "sotw"}
+        )
+        or 0.0
+    )
 
 
 async def _reaches(port: int, expected: str) -> bool:

@@ -1,0 +1,149 @@
+"""What a sidecar should hold, per type, and the response bodies shared between streams.
+
+Both protocol variants (State of the World and Delta) start from ``desired``: for one node
+and type, the resources it should hold now (by name, pre-encoded by the cache) and their
+version. The version is a content hash of every (name, resource hash) pair, so it is the same
+on every front-end and in both variants: a sidecar moving between front-ends, or a SotW and a
+Delta sidecar of the same app and zone, report the same versions for the same config.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any
+
+from navigator import keys, snapshot
+from navigator.xds import cache as cache_mod
+from navigator.xds import wire
+
+WILDCARD_TYPES = frozenset({snapshot.CLUSTER, snapshot.LISTENER})
+"""Types whose responses hold every resource of the app snapshot, whatever was requested."""
+
+EMPTY_VERSION = snapshot.version_of(())
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """Who is at the other end of a stream, from the Envoy ``Node`` of its first request."""
+
+    id: str
+    app: str
+    k8s_cluster: str
+    region: str
+    zone: str
+
+    @classmethod
+    def from_proto(cls, node: Any) -> NodeInfo:
+        fields = node.metadata.fields
+        app = fields["app"].string_value if "app" in fields else node.cluster
+        k8s_cluster = fields["k8s_cluster"].string_value if "k8s_cluster" in fields else ""
+        if not node.id or not app or not k8s_cluster:
+            raise ValueError(
+                "the Envoy node must carry id, metadata.app (or cluster) and "
+                f"metadata.k8s_cluster; got id={node.id!r} app={app!r} "
+                f"k8s_cluster={k8s_cluster!r}"
+            )
+        return cls(
+            id=node.id,
+            app=app,
+            k8s_cluster=k8s_cluster,
+            region=node.locality.region,
+            zone=node.locality.zone,
+        )
+
+
+Desired = tuple[str, Mapping[str, cache_mod.Encoded]]
+"""(version, resources by name) a node should hold for one type."""
+
+
+def desired(
+    source: cache_mod.ConfigSource, node: NodeInfo, type_url: str, names: frozenset[str]
+) -> Desired | None:
+    """What ``node`` should hold of ``type_url``; None = not known yet (no listing loaded).
+
+    ``names`` is the subscription of a non-wildcard type (EDS, RDS); names the app snapshot
+    does not have are left out (the caller says how its variant answers for them).
+    """
+    if not source.loaded:
+        return None
+    # NOTE: an app without a snapshot (no Nexus) gets the default one: its health listener.
+    entry = source.app(node.app, node.k8s_cluster) or source.app(keys.DEFAULT_APP, node.k8s_cluster)
+    if entry is None:
+        return EMPTY_VERSION, {}
+    if type_url in WILDCARD_TYPES:
+        # NOTE: the app entry's own mapping and version, shared by every stream of the app.
+        return entry.versions.get(type_url, EMPTY_VERSION), entry.of_type(type_url)
+    items: dict[str, cache_mod.Encoded] = {}
+    if type_url == snapshot.ROUTE:
+        routes = entry.of_type(snapshot.ROUTE)
+        for name in sorted(names):
+            if name in routes:
+                items[name] = routes[name]
+    elif type_url == snapshot.ENDPOINT:
+        for name in sorted(names):
+            if name not in entry.endpoints:
+                continue
+            found = source.eds(name, node.zone) if node.zone else None
+            if found is None:
+                found = source.eds(name, keys.DEFAULT_VARIANT)
+            if found is not None:
+                items[name] = found
+    return snapshot.version_of((e.name, e.hash) for e in items.values()), items
+
+
+def build(
+    source: cache_mod.ConfigSource, node: NodeInfo, type_url: str, names: frozenset[str]
+) -> tuple[str, list[cache_mod.Encoded]] | None:
+    """``desired`` as (version, resources in name order)."""
+    found = desired(source, node, type_url, names)
+    if found is None:
+        return None
+    version, items = found
+    return version, list(items.values())
+
+
+class ResponseCache:
+    """Response bodies (a response without its nonce) shared by every stream, LRU-bounded.
+
+    NOTE: a SotW body is keyed by (type URL, version): the version hashes every (name,
+    resource hash) pair, so equal keys mean byte-identical resources, whichever app, cluster
+    or zone asked. A Delta body is keyed by what it carries (the (name, hash) pairs sent and
+    the names removed), so the sidecars of one app and zone that receive the same change share
+    one body.
+    """
+
+    def __init__(self, *, max_entries: int = 4096, max_bytes: int = 256 * 1024 * 1024) -> None:
+        self._entries: collections.OrderedDict[Hashable, bytes] = collections.OrderedDict()
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def body(self, type_url: str, version: str, items: list[cache_mod.Encoded]) -> bytes:
+        """A SotW DiscoveryResponse body."""
+        return self.get(
+            (type_url, version),
+            lambda: wire.response_body(
+                type_url=type_url, version=version, entries=[item.entry for item in items]
+            ),
+        )
+
+    def get(self, key: Hashable, make: Callable[[], bytes]) -> bytes:
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return found
+        self.misses += 1
+        body = make()
+        self._entries[key] = body
+        self._bytes += len(body)
+        while self._entries and (
+            len(self._entries) > self._max_entries or self._bytes > self._max_bytes
+        ):
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= len(evicted)
+        return body
