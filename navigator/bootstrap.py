@@ -17,7 +17,6 @@ import ipaddress
 import json
 import os
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -60,14 +59,16 @@ def render(
     keepalive_interval: float = 5.0,
     keepalive_timeout: float = 3.0,
     control_plane_health_port: int = DEFAULT_CONTROL_PLANE_HEALTH_PORT,
-    extra_xds_ports: Sequence[int] = (),
-    extra_control_plane_health_ports: Sequence[int] = (),
+    delta: bool = False,
+    reconnect_base: float = 0.1,
+    reconnect_max: float = 2.0,
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap (as a dict ready for JSON/YAML) for one sidecar.
 
-    ``cluster`` is the sidecar's Kubernetes cluster; ``xds_host`` defaults to ``$HOST_IP``.
-    ``extra_*_ports``: more front-ends at the same host (the lab's several front-ends on one
-    node); Envoy balances its ADS stream over them and moves to another when one fails.
+    ``cluster`` is the sidecar's Kubernetes cluster; ``xds_host`` defaults to ``$HOST_IP``
+    (the node-local balancer). ``delta`` selects incremental xDS over ADS instead of State of
+    the World. ``reconnect_*``: the backoff of the ADS stream's reconnection (Envoy's default
+    starts at 0.5 s); a stream reset by the balancer when a front-end dies reconnects at once.
     """
     host = xds_host or os.environ.get(HOST_IP_ENV, "")
     if not host:
@@ -89,10 +90,22 @@ def render(
         },
         "dynamic_resources": {
             "ads_config": {
-                "api_type": "GRPC",
+                "api_type": "DELTA_GRPC" if delta else "GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "grpc_services": [
+                    {
+                        "envoy_grpc": {
+                            "cluster_name": XDS_CLUSTER,
+                            "retry_policy": {
+                                "retry_back_off": {
+                                    "base_interval": _duration(reconnect_base),
+                                    "max_interval": _duration(reconnect_max),
+                                }
+                            },
+                        }
+                    }
+                ],
             },
             "cds_config": _ads_source(),
             "lds_config": _ads_source(),
@@ -116,7 +129,7 @@ def render(
                             },
                         }
                     },
-                    "load_assignment": _assignment(XDS_CLUSTER, host, [xds_port, *extra_xds_ports]),
+                    "load_assignment": _assignment(XDS_CLUSTER, host, xds_port),
                 },
                 {
                     # NOTE: the control plane's /readyz, behind the same address as xDS: the
@@ -125,9 +138,7 @@ def render(
                     "type": discovery,
                     "connect_timeout": "1s",
                     "load_assignment": _assignment(
-                        CONTROL_PLANE_HEALTH_CLUSTER,
-                        host,
-                        [control_plane_health_port, *extra_control_plane_health_ports],
+                        CONTROL_PLANE_HEALTH_CLUSTER, host, control_plane_health_port
                     ),
                 },
             ]
@@ -138,21 +149,11 @@ def render(
     }
 
 
-def _assignment(name: str, host: str, ports: Sequence[int]) -> dict[str, Any]:
+def _assignment(name: str, host: str, port: int) -> dict[str, Any]:
+    address = {"socket_address": {"address": host, "port_value": port}}
     return {
         "cluster_name": name,
-        "endpoints": [
-            {
-                "lb_endpoints": [
-                    {
-                        "endpoint": {
-                            "address": {"socket_address": {"address": host, "port_value": p}}
-                        }
-                    }
-                    for p in ports
-                ]
-            }
-        ],
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
     }
 
 
@@ -184,13 +185,16 @@ def main(argv: list[str] | None = None) -> int:
         "--xds",
         type=_host_port,
         default=None,
-        help=f"control plane HOST:PORT (default ${HOST_IP_ENV}:{DEFAULT_XDS_PORT})",
+        help=f"the node-local balancer's HOST:PORT (default ${HOST_IP_ENV}:{DEFAULT_XDS_PORT})",
     )
     parser.add_argument(
         "--control-plane-health-port",
         type=int,
         default=DEFAULT_CONTROL_PLANE_HEALTH_PORT,
         help="port of the control plane's /readyz at the xDS host (default %(default)s)",
+    )
+    parser.add_argument(
+        "--delta", action="store_true", help="incremental xDS (Delta) instead of State of the World"
     )
     parser.add_argument("--admin-address", default="127.0.0.1")
     parser.add_argument("--admin-port", type=int, default=19000)
@@ -210,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             admin_address=args.admin_address,
             admin_port=args.admin_port,
             control_plane_health_port=args.control_plane_health_port,
+            delta=args.delta,
         )
     except BootstrapError as exc:
         print(f"navigator bootstrap: {exc}", file=sys.stderr)

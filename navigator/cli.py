@@ -16,6 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "translator": ("shards.runner", "translate state in etcd into per-app Envoy snapshots"),
     "xds": ("navigator.xds.server", "serve snapshots from etcd to Envoy sidecars over ADS"),
     "bootstrap": ("navigator.bootstrap", "print an Envoy bootstrap for a sidecar"),
+    "balancer-config": (
+        "navigator.balancer",
+        "print the node-local balancer's Envoy config (xDS to healthy front-ends)",
+    ),
     "weight": ("navigator.weights", "show or set a cluster's traffic weight (0 drains it)"),
     "tracing": ("navigator.tracing", "show, set or turn off the mesh-wide tracing setting"),
     "state": ("navigator.state", "show clusters, shards and members, read from etcd alone"),

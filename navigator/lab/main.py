@@ -3,8 +3,10 @@
 It starts a real 3-member etcd, one local Kubernetes API server per cluster (loaded with the
 Kubernetes objects of ``examples/<cluster>/``), the pods' applications bound to their pod IPs,
 the control plane in its distributed shape (two watcher replicas per cluster, two translators
-sharing the shards, two xDS front-ends, by default) and one real Envoy sidecar per entry of
-``examples/lab.yaml``. Once everything is ready it writes ``lab.json`` in its state directory
+sharing the shards, two xDS front-ends, by default), one node-local balancer per cluster (an
+Envoy from ``navigator balancer-config`` at the node address, balancing xDS over the healthy
+front-ends) and one real Envoy sidecar per entry of ``examples/lab.yaml`` (SotW or Delta, its
+``xds`` field). Once everything is ready it writes ``lab.json`` in its state directory
 (the lab's contract with tests, tools and chaos scenarios) and prints what to try. SIGTERM or
 Ctrl-C stops every process it started, by PID; a child also dies with the lab if the lab is
 killed (see ``procs.start``).
@@ -16,7 +18,8 @@ Two networks (``--network``):
   netns``). A sidecar's pod makes its cluster's ClusterIP range local, so its Envoy binds
   ClusterIP:port listeners and a client in the pod (``lab.json``'s ``exec`` prefix) reaches
   services by their unchanged ClusterIPs; several sidecars of one cluster coexist. Sidecars
-  reach the front-end at their node address (``HOST_IP``), as through the downward API.
+  reach their node's balancer at the node address (``HOST_IP``), as through the downward
+  API; the balancers, like the front-ends, run in the host's namespace.
 - ``host`` (no root needed): everything on the loopback range. The manifests' pod and
   ClusterIP addresses are moved to each cluster's ``host_*`` ranges (same host part), Envoys
   bind ClusterIP listeners on the host itself, so only the first sidecar of each cluster runs.
@@ -44,7 +47,8 @@ import aiohttp
 import prometheus_client
 import yaml
 
-from navigator import bootstrap, runtime
+from chaos import faultproxy
+from navigator import balancer, bootstrap, runtime
 from navigator.lab import netns, procs
 
 log = logging.getLogger(__name__)
@@ -81,6 +85,8 @@ class ClusterSpec:
 class SidecarSpec:
     app: str
     cluster: str
+    xds: str = ""
+    """``sotw`` or ``delta`` (the variant of its ADS stream); empty: the lab's default."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -208,6 +214,13 @@ class Shape:
     lease_ttl: int = 5
     """Of watchers and translators: how long a dead leader holds on."""
     translator_debounce: float = 0.02
+    sidecar_xds: str = "sotw"
+    """The xDS variant of sidecars whose lab.yaml entry does not say (``sotw``/``delta``)."""
+    frontend_proxies: bool = False
+    """Put a fault proxy (``chaos.faultproxy``) between the balancers and each front-end, so
+    a test can black-hole or reset a front-end's ports (``Lab.proxies``)."""
+    balancer_keepalive: float = 1.0
+    """The balancers' HTTP/2 keepalive interval and timeout towards front-ends, s."""
 
 
 class Lab:
@@ -247,8 +260,9 @@ class Lab:
         self.sidecars: list[dict[str, Any]] = []
         self.gateways: list[dict[str, Any]] = []
         self.frontends: list[dict[str, Any]] = []
-        self.xds_ports: list[int] = []
-        self.xds_http_ports: list[int] = []
+        self.balancers: list[dict[str, Any]] = []
+        self.proxies: dict[str, tuple[faultproxy.FaultProxy, faultproxy.FaultProxy]] = {}
+        """Front-end name → fault proxies of its (gRPC, HTTP) ports, with ``frontend_proxies``."""
         self.http = ""
         """The lab's own /healthz, /readyz and /metrics address."""
 
@@ -390,45 +404,104 @@ class Lab:
                 )
         for i in range(self.shape.translators):
             self.start_translator(i)
-        hosts = [host] + (
-            [c.node_ip for c in self.topology.clusters] if self.mode == "netns" else []
-        )
         for i in range(self.shape.frontends):
-            xds_port, http_port = procs.free_port(), procs.free_port()
-            self.xds_ports.append(xds_port)
-            self.xds_http_ports.append(http_port)
-            addresses = [f"{h}:{xds_port}" for h in hosts]
-            # NOTE: sidecars reach a front-end's /readyz (their /healthz/control-plane) at
-            # their node address, as they reach xDS.
-            http = ",".join(f"{h}:{http_port}" for h in hosts)
-            proc = self.spawn(
-                "xds",
-                f"xds-{i}",
-                self._python(
-                    "navigator",
-                    "xds",
-                    "--listen",
-                    ",".join(addresses),
-                    "--etcd",
-                    self.etcd_url,
-                    "--http",
-                    http,
-                    "--id",
-                    f"xds-{i}",
-                ),
-                ready_url=f"http://{host}:{http_port}/readyz",
-                extra={
-                    "address": addresses[0],
-                    "addresses": addresses,
-                    "http": f"{host}:{http_port}",
-                },
-            )
-            self.frontends.append({"name": proc.name, **proc.extra})
+            self.start_frontend(i)
+        await self._start_balancers()
         await self.wait_ready([p for p in self.procs if p.ready_url])
         self._start_sidecars()
         self._start_gateways()
         await self._wait_sidecars()
         self._write_lab_json(api_urls)
+
+    def start_frontend(self, i: int) -> Proc:
+        """Starts front-end ``i`` on loopback; the balancers reach it there (or via a proxy)."""
+        name = f"xds-{i}"
+        xds_port, http_port = procs.free_port(), procs.free_port()
+        address, http = f"127.0.0.1:{xds_port}", f"127.0.0.1:{http_port}"
+        proc = self.spawn(
+            "xds",
+            name,
+            self._python(
+                "navigator",
+                "xds",
+                "--listen",
+                address,
+                "--etcd",
+                self.etcd_url,
+                "--http",
+                http,
+                "--id",
+                name,
+            ),
+            ready_url=f"http://{http}/readyz",
+            extra={"address": address, "http": http, "id": name},
+        )
+        self.frontends.append({"name": name, **proc.extra})
+        return proc
+
+    async def _start_balancers(self) -> None:
+        """One node-local balancer per cluster (its node), at the node address (HOST_IP)."""
+        targets: list[balancer.Frontend] = []
+        for fe in self.frontends:
+            grpc_port, http_port = (
+                int(fe["address"].rpartition(":")[2]),
+                int(fe["http"].rpartition(":")[2]),
+            )
+            if self.shape.frontend_proxies:
+                pair = (
+                    faultproxy.FaultProxy(upstream=("127.0.0.1", grpc_port)),
+                    faultproxy.FaultProxy(upstream=("127.0.0.1", http_port)),
+                )
+                for proxy in pair:
+                    await proxy.start()
+                self.proxies[fe["name"]] = pair
+                grpc_port, http_port = (int(p.address.rpartition(":")[2]) for p in pair)
+                fe["via"] = [p.address for p in pair]
+            targets.append(balancer.Frontend("127.0.0.1", grpc_port, http_port))
+        for c in self.topology.clusters:
+            node_ip = self.node_ip(c)
+            xds_port, health_port, admin_port = (
+                procs.free_port(node_ip),
+                procs.free_port(node_ip),
+                procs.free_port(),
+            )
+            config = balancer.render(
+                targets,
+                listen=node_ip,
+                listen_port=xds_port,
+                health_port=health_port,
+                admin_port=admin_port,
+                keepalive_interval=self.shape.balancer_keepalive,
+                keepalive_timeout=self.shape.balancer_keepalive,
+            )
+            name = f"balancer-{c.name}"
+            path = self.state_dir / f"{name}.json"
+            path.write_text(json.dumps(config, indent=2))
+            admin = f"http://127.0.0.1:{admin_port}"
+            self.spawn(
+                "balancer",
+                name,
+                [str(procs.envoy_binary()), "-c", str(path), *ENVOY_FLAGS],
+                cluster=c.name,
+                ready_url=f"{admin}/ready",
+                extra={
+                    "address": f"{node_ip}:{xds_port}",
+                    "health": f"{node_ip}:{health_port}",
+                    "admin": admin,
+                },
+            )
+            self.balancers.append(
+                {
+                    "name": name,
+                    "cluster": c.name,
+                    "address": f"{node_ip}:{xds_port}",
+                    "health": f"{node_ip}:{health_port}",
+                    "admin": admin,
+                }
+            )
+
+    def balancer_of(self, cluster: str) -> dict[str, Any]:
+        return next(b for b in self.balancers if b["cluster"] == cluster)
 
     def start_translator(self, i: int) -> Proc:
         """Starts translator replica ``i`` (tests add replicas to a running lab this way)."""
@@ -519,21 +592,26 @@ class Lab:
         cluster: ClusterSpec,
         prefix: list[str],
         admin: tuple[str, int],
+        xds: str = "",
     ) -> None:
-        """An Envoy (sidecar or gateway) from ``navigator bootstrap``'s config, in its pod."""
+        """An Envoy (sidecar or gateway) from ``navigator bootstrap``'s config, in its pod.
+
+        It reaches the control plane through its node's balancer, as through ``HOST_IP``.
+        """
+        node = self.balancer_of(cluster.name)
+        host, _, xds_port = node["address"].rpartition(":")
         config = bootstrap.render(
             node_id=node_id,
             app=app,
             cluster=cluster.name,
             region=cluster.region,
             zone=cluster.zone,
-            xds_host=self.node_ip(cluster),
-            xds_port=self.xds_ports[0],
-            extra_xds_ports=self.xds_ports[1:],
+            xds_host=host,
+            xds_port=int(xds_port),
             admin_address=admin[0],
             admin_port=admin[1],
-            control_plane_health_port=self.xds_http_ports[0],
-            extra_control_plane_health_ports=self.xds_http_ports[1:],
+            control_plane_health_port=int(node["health"].rpartition(":")[2]),
+            delta=(xds or self.shape.sidecar_xds) == "delta",
         )
         path = self.state_dir / f"envoy-{node_id}.json"
         path.write_text(json.dumps(config, indent=2))
@@ -563,9 +641,11 @@ class Lab:
                 cluster=c,
                 prefix=prefix,
                 admin=(admin_address, admin_port),
+                xds=s.xds,
             )
             self.sidecars.append(
                 {
+                    "xds": s.xds or self.shape.sidecar_xds,
                     "app": s.app,
                     "cluster": s.cluster,
                     "zone": c.zone,
@@ -715,6 +795,7 @@ class Lab:
             "sidecars": self.sidecars,
             "gateways": self.gateways,
             "xds": self.frontends,
+            "balancers": self.balancers,
             "processes": [p.describe() for p in self.procs],
             "logs": str(self.logs),
             "http": self.http,
@@ -728,7 +809,7 @@ class Lab:
 
     async def stop(self) -> None:
         """Stops every process, sidecars and control plane first, etcd last."""
-        order = ["envoy", "backend", "xds", "translator", "watcher", "kube-api", "etcd"]
+        order = ["envoy", "balancer", "backend", "xds", "translator", "watcher", "kube-api", "etcd"]
         for role in order:
             group = [p for p in self.procs if p.role == role]
             if role == "etcd":
@@ -738,6 +819,9 @@ class Lab:
                     await asyncio.to_thread(procs.stop, p.popen)
                 continue
             await asyncio.gather(*(asyncio.to_thread(procs.stop, p.popen) for p in group))
+        for pair in self.proxies.values():
+            for proxy in pair:
+                await proxy.close()
         if self.net is not None:
             # NOTE: after every process in a pod has stopped, so no socket outlives its pod.
             self.net.teardown()

@@ -154,7 +154,10 @@ def test_lab_reports_ready_and_lists_every_role(lab: dict[str, Any]) -> None:
     with urllib.request.urlopen(f"http://{lab['http']}/readyz", timeout=2) as resp:
         assert resp.status == 200
     roles = {p["role"] for p in lab["processes"]}
-    assert roles == {"etcd", "kube-api", "watcher", "translator", "xds", "envoy", "backend"}
+    assert roles == {
+        *("etcd", "kube-api", "watcher", "translator", "xds", "balancer", "envoy", "backend")
+    }
+    assert {b["cluster"] for b in lab["balancers"]} == {"east", "west"}
     assert {c["name"] for c in lab["clusters"]} == {"east", "west"}
 
 
@@ -438,3 +441,36 @@ def test_a_canary_release_splits_traffic_30_70_across_clusters(lab: dict[str, An
     _eventually(lambda: "item-west-1" not in _pods_hit(web, url, 20), "the plain route back")
     west.delete_namespaced_service("item-canary", "shop")
     west.delete_namespaced_endpoints("item-canary", "shop")
+
+
+def _dynamic_config(admin: str) -> dict[str, Any]:
+    """What a sidecar got over xDS, from its admin: resources by type and name, no versions."""
+    with urllib.request.urlopen(f"{admin}/config_dump?include_eds", timeout=5) as resp:
+        dump = json.loads(resp.read())
+    out: dict[str, Any] = {"clusters": {}, "endpoints": {}, "listeners": {}, "routes": {}}
+    for section in dump["configs"]:
+        for c in section.get("dynamic_active_clusters", []):
+            out["clusters"][c["cluster"]["name"]] = c["cluster"]
+        for e in section.get("dynamic_endpoint_configs", []):
+            out["endpoints"][e["endpoint_config"]["cluster_name"]] = e["endpoint_config"]
+        for entry in section.get("dynamic_listeners", []):
+            if "active_state" in entry:
+                out["listeners"][entry["name"]] = entry["active_state"]["listener"]
+        for r in section.get("dynamic_route_configs", []):
+            out["routes"][r["route_config"]["name"]] = r["route_config"]
+    return out
+
+
+def test_sotw_and_delta_sidecars_of_one_app_hold_identical_config(lab: dict[str, Any]) -> None:
+    if lab["network"]["mode"] != "netns":
+        pytest.skip("the host network runs one sidecar per cluster")
+    pair = [s for s in lab["sidecars"] if s["app"] == "web" and s["cluster"] == "east"]
+    assert sorted(s["xds"] for s in pair) == ["delta", "sotw"]
+    sotw, delta = sorted(pair, key=lambda s: s["xds"], reverse=True)
+
+    def same() -> dict[str, Any] | None:
+        a, b = _dynamic_config(sotw["admin"]), _dynamic_config(delta["admin"])
+        return a if a == b and a["clusters"] and a["endpoints"] else None
+
+    config = _eventually(same, "the SotW and the Delta sidecar to converge")
+    assert {"listeners", "routes"} <= {k for k, v in config.items() if v}

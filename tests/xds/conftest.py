@@ -16,6 +16,7 @@ from aiohttp import web
 from xds_helpers import Backend, Envoy, StartEnvoy, envoy_path, spawn
 
 from coordinator import etcd as etcd_mod
+from coordinator import membership
 from navigator import bootstrap
 from navigator.lab import procs
 from navigator.xds import server as xds_server
@@ -23,7 +24,10 @@ from navigator.xds import server as xds_server
 
 @pytest.fixture
 async def xds(etcd: etcd_mod.Etcd) -> AsyncIterator[xds_server.Handle]:
-    async with xds_server.serve(etcd=etcd, listen="127.0.0.1:0", grace=0.2) as handle:
+    member = membership.Member(role="xds", id="xds-test", address="127.0.0.1")
+    async with xds_server.serve(
+        etcd=etcd, listen="127.0.0.1:0", grace=0.2, member=member, status_interval=0.05
+    ) as handle:
         await asyncio.wait_for(handle.cache.wait_loaded(), 10)
         yield handle
 

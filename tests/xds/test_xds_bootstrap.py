@@ -10,7 +10,7 @@ import pytest
 import yaml
 from xds_helpers import envoy_path
 
-from navigator import bootstrap
+from navigator import balancer, bootstrap
 
 
 def _validate(path: Path) -> None:
@@ -57,3 +57,67 @@ def test_without_host_ip_it_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(bootstrap.BootstrapError, match="HOST_IP"):
         bootstrap.render(node_id="n", app="a", cluster="c", zone="z")
     assert bootstrap.main(["--app", "a", "--cluster", "c", "--zone", "z"]) == 2
+
+
+def test_delta_bootstrap_selects_incremental_ads_and_validates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--app", "a", "--cluster", "c", "--zone", "z", "--xds", "10.0.0.1:18000", "--delta"]
+    assert bootstrap.main([*argv, "-o", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    ads = doc["dynamic_resources"]["ads_config"]
+    assert ads["api_type"] == "DELTA_GRPC"
+    backoff = ads["grpc_services"][0]["envoy_grpc"]["retry_policy"]["retry_back_off"]
+    assert backoff == {"base_interval": "0.1s", "max_interval": "2s"}
+    path = tmp_path / "delta.json"
+    path.write_text(json.dumps(doc))
+    _validate(path)
+
+
+def test_balancer_config_listens_at_host_ip_and_checks_every_front_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOST_IP", "10.1.2.3")
+    argv = ["--frontend", "10.0.0.1", "--frontend", "10.0.0.2:19000:9200", "-o", "json"]
+    assert balancer.main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    listeners = {lst["name"]: lst for lst in doc["static_resources"]["listeners"]}
+    assert listeners["xds"]["address"]["socket_address"] == {
+        "address": "10.1.2.3",
+        "port_value": 18000,
+    }
+    clusters = {c["name"]: c for c in doc["static_resources"]["clusters"]}
+    xds = clusters[balancer.XDS_CLUSTER]
+    hosts = [
+        (
+            e["endpoint"]["address"]["socket_address"]["port_value"],
+            e["endpoint"]["health_check_config"]["port_value"],
+        )
+        for e in xds["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ]
+    assert hosts == [(18010, 9110), (19000, 9200)]
+    assert xds["health_checks"][0]["http_health_check"]["path"] == "/readyz"
+    keepalive = xds["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]["explicit_http_config"]["http2_protocol_options"]["connection_keepalive"]
+    assert keepalive == {"interval": "1s", "timeout": "1s"}
+    path = tmp_path / "balancer.json"
+    path.write_text(json.dumps(doc))
+    _validate(path)
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        ([], "at least one front-end"),
+        (["--frontend", "10.0.0.1:notaport"], "HOST[:GRPC_PORT[:HTTP_PORT]]"),
+        (["--frontend", "10.0.0.1:1:2:3"], "HOST[:GRPC_PORT[:HTTP_PORT]]"),
+    ],
+)
+def test_balancer_config_refuses_bad_input_in_one_line(
+    argv: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert balancer.main([*argv, "--listen", "10.1.2.3"]) == 2
+    err = capsys.readouterr().err
+    assert error in err
+    assert len(err.strip().splitlines()) == 1

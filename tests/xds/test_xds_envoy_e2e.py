@@ -6,6 +6,8 @@ or its listener, with a deadline) for the sidecar to act on them.
 
 from __future__ import annotations
 
+import json
+
 import aiohttp
 import pytest
 import xds_helpers as h
@@ -13,7 +15,7 @@ from prometheus_client import REGISTRY
 from xds_helpers import Backend, StartEnvoy, http_get
 
 from coordinator import etcd as etcd_mod
-from navigator import snapshot
+from navigator import keys, snapshot
 from navigator.lab import procs
 from navigator.xds import server as xds_server
 
@@ -104,6 +106,13 @@ async def test_nack_is_recorded_not_resent_and_last_good_config_keeps_serving(
     nack = await h.eventually(nacked, what="the LDS NACK")
     assert nack.type_url == snapshot.LISTENER
     assert nack.rejected_version != nack.accepted_version
+    # Visible to operators: the sidecar's status record in etcd names the rejected version.
+    record = await h.eventually(
+        lambda: _lds_status(etcd, "shop-nacked", "nacked"), what="the NACK in the status record"
+    )
+    assert record["nacked"] == nack.rejected_version
+    assert record["acked"] == nack.accepted_version
+    assert record["error"]
     lds_sent = _responses("lds")
 
     # The stream keeps working: an endpoint change still moves traffic...
@@ -121,6 +130,22 @@ async def test_nack_is_recorded_not_resent_and_last_good_config_keeps_serving(
     )
     assert await _reaches(svc.port, f"{b[0]}:{b[1]}")
     assert len([n for n in xds.ads.nacks if n.node_id == "shop-nacked"]) == 1
+    # The good snapshot again: the same content, so the version accepted before the NACK.
+    fixed = await h.eventually(
+        lambda: _lds_status(etcd, "shop-nacked", "acked", without="nacked"),
+        what="the fixed LDS acknowledged, the rejection cleared",
+    )
+    assert fixed["acked"] == nack.accepted_version
+
+
+async def _lds_status(
+    etcd: etcd_mod.Etcd, node_id: str, field: str, without: str = ""
+) -> dict[str, str] | None:
+    kv = await etcd.get(keys.sidecar_key("xds-test", node_id))
+    if kv is None:
+        return None
+    lds: dict[str, str] = json.loads(kv.value)["types"].get("lds", {})
+    return lds if lds.get(field) and without not in lds else None
 
 
 async def _async_value(value: bool) -> bool:
