@@ -101,6 +101,12 @@ class Nack:
     message: str
 
 
+def _earliest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
+
+
 class Context(Protocol):
     """What a stream needs of its front-end."""
 
@@ -158,6 +164,10 @@ class Stream:
         self.opened_at = time.monotonic()
         self.connected_at = time.time()
         self.status: dict[str, TypeStatus] = {}
+        self.pushes = 0
+        """Responses this stream has been given to send."""
+        self._deferred: dict[str, float | None] = {}
+        """Types with something due while a response was unanswered → the earliest cause."""
         self._nonces = 0
         self._app_key = keys.app_snapshot_key(
             model.AppName(node.app), model.ClusterName(node.k8s_cluster)
@@ -176,9 +186,12 @@ class Stream:
         raise NotImplementedError
 
     def _respond_type(
-        self, type_url: str, *, removals: bool, cause_at: float | None
+        self, type_url: str, *, removals: bool, cause_at: float | None, dry_run: bool = False
     ) -> tuple[bytes, int] | None:
-        """(response, resources in it) due for ``type_url`` in this phase, or None."""
+        """(response, resources in it) due for ``type_url`` in this phase, or None.
+
+        ``dry_run``: only whether one is due (``(b"", 0)``); nothing is recorded as sent.
+        """
         raise NotImplementedError
 
     def on_request(self, req: Any) -> None:
@@ -186,6 +199,10 @@ class Stream:
 
     def _rewarm(self, names: set[str]) -> None:
         """Clusters that changed: send their endpoints again (Envoy warms them)."""
+        raise NotImplementedError
+
+    def _awaiting(self, type_url: str) -> bool:
+        """A response of ``type_url`` is out and not yet acknowledged or rejected."""
         raise NotImplementedError
 
     # -- shared -----------------------------------------------------------------------------
@@ -218,12 +235,28 @@ class Stream:
 
         ``cause_at``: when the cache received the change that woke the stream (monotonic),
         None when a request did; push latency is measured from it to the ACK.
+
+        NOTE: flow control. gRPC buffers whatever a handler yields, whether the peer reads or
+        not, so the transport gives no back-pressure. The protocol's own does: a type with a
+        response not yet acknowledged (or rejected) gets nothing more until it is; what
+        changed meanwhile is sent, as it is then, when the answer wakes the stream. A sidecar
+        that stops reading therefore costs one response per type, never a queue.
         """
         out: list[bytes] = []
         order = [t for t in snapshot.TYPE_URLS if t in self._types()]
+        blocked = False
         for removals in (False, True):
             for type_url in order:
-                found = self._respond_type(type_url, removals=removals, cause_at=cause_at)
+                if blocked or self._awaiting(type_url):
+                    # NOTE: what is due waits for the answer; so does everything after it in
+                    # the order (make-before-break), and every removal.
+                    if self._respond_type(type_url, removals=removals, cause_at=None, dry_run=True):
+                        earlier = self._deferred.get(type_url)
+                        self._deferred[type_url] = _earliest(earlier, cause_at)
+                        blocked = True
+                    continue
+                cause = _earliest(self._deferred.pop(type_url, None), cause_at)
+                found = self._respond_type(type_url, removals=removals, cause_at=cause)
                 if found is None:
                     continue
                 body, count = found
@@ -233,8 +266,14 @@ class Stream:
                 SENT_BYTES.inc(len(body))
                 out.append(body)
         if out:
+            self.pushes += len(out)
             self.ctx.touched(self)
         return out
+
+    def _answered_type(self, type_url: str) -> None:
+        """The outstanding response of ``type_url`` was answered: send what waited for it."""
+        if self._deferred:
+            self.sub.changed.set()
 
     def _nack(self, type_url: str, rejected: str, accepted: str, message: str) -> None:
         short = snapshot.SHORT_NAMES[type_url]
@@ -350,6 +389,10 @@ class SotwStream(Stream):
         if eds is not None and names & eds.names:
             eds.force = True
 
+    def _awaiting(self, type_url: str) -> bool:
+        st = self.types.get(type_url)
+        return st is not None and st.waiting_ack
+
     def _subscribe(self, type_url: str, st: _SotwType, names: frozenset[str]) -> None:
         st.names = names
         st.force = True
@@ -390,11 +433,12 @@ class SotwStream(Stream):
         elif st.waiting_ack:
             self._acked(type_url, st.sent_version, st.sent_at, st.cause_at)
         st.waiting_ack = False
+        self._answered_type(type_url)
         if names != st.names:
             self._subscribe(type_url, st, names)
 
     def _respond_type(
-        self, type_url: str, *, removals: bool, cause_at: float | None
+        self, type_url: str, *, removals: bool, cause_at: float | None, dry_run: bool = False
     ) -> tuple[bytes, int] | None:
         st = self.types[type_url]
         found = resources.desired(self.ctx.source, self.node, type_url, st.names)
@@ -413,6 +457,8 @@ class SotwStream(Stream):
             return None
         if st.resumed and self._hold(type_url):
             return None
+        if dry_run:
+            return b"", 0
         st.resumed = False
         if type_url == snapshot.CLUSTER and st.sent is not None:
             before = st.sent
@@ -478,6 +524,10 @@ class DeltaStream(Stream):
     def _rewarm(self, names: set[str]) -> None:
         self._warm |= names
 
+    def _awaiting(self, type_url: str) -> bool:
+        st = self.types.get(type_url)
+        return st is not None and bool(st.pending)
+
     def on_request(self, req: Any) -> None:
         type_url: str = req.type_url
         if not self.serves(type_url):
@@ -518,6 +568,7 @@ class DeltaStream(Stream):
         found = st.pending.pop(req.response_nonce, None)
         if found is None:
             return
+        self._answered_type(type_url)
         version, previous, sent, sent_at, cause_at = found
         if req.HasField("error_detail"):
             # NOTE: Envoy rejected the whole response and keeps what it had: put that back,
@@ -535,7 +586,7 @@ class DeltaStream(Stream):
         self._acked(type_url, version, sent_at, cause_at)
 
     def _respond_type(
-        self, type_url: str, *, removals: bool, cause_at: float | None
+        self, type_url: str, *, removals: bool, cause_at: float | None, dry_run: bool = False
     ) -> tuple[bytes, int] | None:
         st = self.types[type_url]
         names = frozenset(st.names)
@@ -546,19 +597,22 @@ class DeltaStream(Stream):
         send: list[cache_mod.Encoded] = []
         removed: list[str] = []
         if not removals:
-            st.holding = False
+            if not dry_run:
+                st.holding = False
             warm = self._warm if type_url == snapshot.ENDPOINT else set()
             for name, e in items.items():
                 if (st.known.get(name) != e.hash or name in warm) and st.rejected.get(
                     name
                 ) != e.hash:
                     send.append(e)
-            if type_url == snapshot.ENDPOINT:
-                self._warm = set()
         elif st.wildcard:
             removed = [n for n, h in st.known.items() if n not in items and h != _ABSENT]
         else:
             removed = [n for n in sorted(names) if n not in items and st.known.get(n) != _ABSENT]
+        if dry_run:
+            return (b"", 0) if send or removed else None
+        if type_url == snapshot.ENDPOINT and not removals:
+            self._warm = set()
         if not send and not removed:
             if removals and not st.holding:
                 # NOTE: nothing due in either phase: a resumed sidecar holds what we would send.

@@ -187,9 +187,9 @@ async def test_delta_unknown_names_are_reported_removed_once_then_sent_when_they
     await client.send(snapshot.ENDPOINT, ["one", "two"])
     first = await client.recv()
     assert sorted(versions(first)) == ["one"]
+    await client.ack(first)  # NOTE: one unanswered response per type at a time
     absent = await client.recv()
     assert (len(absent.resources), list(absent.removed_resources)) == (0, ["two"])
-    await client.ack(first)
     await client.ack(absent)
 
     await h.publish_eds(etcd, "two", ("10.0.0.2", 80))
@@ -277,6 +277,7 @@ async def test_sotw_removal_comes_after_the_listeners_and_routes_that_stop_using
         seen.append(resp.type_url)
         if resp.type_url == snapshot.CLUSTER:
             seen.append(cluster_names(resp))
+        await client.ack(resp, ["old", "new"] if resp.type_url == snapshot.ROUTE else ())
     assert seen == [
         snapshot.CLUSTER,
         ["new", "old"],  # added, and the old one kept while listeners and routes move
@@ -362,3 +363,38 @@ async def test_status_records_say_what_each_sidecar_acknowledged(etcd: etcd_mod.
                 return await etcd.get(keys.sidecar_key("fe-test", "status-1")) is None
 
             await h.eventually(gone, what="the record removed with the stream")
+
+
+async def test_a_sidecar_that_stops_reading_holds_up_nobody_and_queues_nothing(
+    etcd: etcd_mod.Etcd, channel: grpc.aio.Channel, xds: xds_server.Handle
+) -> None:
+    # NOTE: ~80 KiB per CDS response: a few fill the HTTP/2 windows of a stream not read.
+    def services(generation: int) -> list[h.Service]:
+        return [h.Service(f"svc-{generation}-{i:04d}-" + "x" * 120, 20000 + i) for i in range(400)]
+
+    await publish(etcd, xds, *services(0))
+    slow, fast = SotwClient(channel, node_id="slow"), SotwClient(channel, node_id="fast")
+    await slow.send(snapshot.CLUSTER)
+    await fast.send(snapshot.CLUSTER)
+    await fast.ack(await fast.recv())
+    changes = 15
+    async def until_generation(client: SotwClient, generation: int) -> int:
+        """Reads (and ACKs) until the clusters are all of ``generation``; returns the count."""
+        read = 0
+        while True:
+            resp = await client.recv()
+            read += 1
+            await client.ack(resp)
+            if all(n.startswith(f"svc-{generation}-") for n in cluster_names(resp)):
+                return read
+
+    for generation in range(1, changes + 1):
+        await h.publish_app(etcd, h.app_snapshot("shop", "c1", services(generation)))
+        # The fast sidecar gets every change while "slow" reads nothing.
+        await until_generation(fast, generation)
+    stream = next(s for s in xds.ads.streams if s.node.id == "slow")
+    fast_stream = next(s for s in xds.ads.streams if s.node.id == "fast")
+    # The slow stream waits on the transport instead of queueing responses per change...
+    assert stream.pushes < changes < fast_stream.pushes
+    # ...and once it reads, it gets the current snapshot, not the backlog.
+    assert await until_generation(slow, changes) <= stream.pushes < changes
