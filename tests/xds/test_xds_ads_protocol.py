@@ -173,11 +173,13 @@ async def test_a_resumed_stream_gets_nothing_it_already_has(
 
 
 async def test_a_node_without_identity_is_refused(channel: grpc.aio.Channel) -> None:
+    refused = xds_server.STREAM_ERRORS.labels("invalid_node")._value.get()
     client = AdsClient(channel, base_pb2.Node(id="anonymous"))
     await client.send(snapshot.CLUSTER)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.recv()
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert xds_server.STREAM_ERRORS.labels("invalid_node")._value.get() == refused + 1
 
 
 async def test_a_resuming_sidecar_with_an_unknown_version_waits_until_the_front_end_caught_up(

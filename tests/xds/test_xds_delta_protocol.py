@@ -143,11 +143,17 @@ async def test_delta_sends_only_what_changed_and_names_what_was_removed(
     assert list(first.removed_resources) == []
     await client.ack(first)
 
+    pushed = xds_server.streams.PUSH_LATENCY.labels("cds")._sum.get()
     await publish(etcd, xds, one, two, three)
     added = await client.recv()
     assert sorted(versions(added)) == ["three"]
     assert added.system_version_info != first.system_version_info
     await client.ack(added)
+    # Push latency: from the front-end's receipt of the etcd change to this ACK.
+    await h.eventually(
+        lambda: _async(xds_server.streams.PUSH_LATENCY.labels("cds")._sum.get() > pushed),
+        what="the push latency observed",
+    )
 
     await publish(etcd, xds, one, three)
     removed = await client.recv()
@@ -398,3 +404,7 @@ async def test_a_sidecar_that_stops_reading_holds_up_nobody_and_queues_nothing(
     assert stream.pushes < changes < fast_stream.pushes
     # ...and once it reads, it gets the current snapshot, not the backlog.
     assert await until_generation(slow, changes) <= stream.pushes < changes
+
+
+async def _async(value: bool) -> bool:
+    return value
