@@ -18,16 +18,31 @@ import collections
 import json
 import socket
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
 
-def http(url: str, count: int, timeout: float, host: str = "") -> dict[str, object]:
+def http(
+    url: str,
+    count: int,
+    timeout: float,
+    host: str = "",
+    *,
+    duration: float = 0.0,
+    interval: float = 0.0,
+) -> dict[str, object]:
+    """``count`` requests, or (``duration`` > 0) one every ``interval`` s for ``duration`` s."""
     pods: collections.Counter[str] = collections.Counter()
     errors: list[str] = []
     failed = 0
-    for _ in range(count):
+    deadline = time.monotonic() + duration
+    sent = 0
+    while (sent < count) if duration <= 0 else (time.monotonic() < deadline):
+        sent += 1
+        if interval > 0 and sent > 1:
+            time.sleep(interval)
         try:
             request = urllib.request.Request(url, headers={"Host": host} if host else {})
             with urllib.request.urlopen(request, timeout=timeout) as resp:
@@ -36,7 +51,7 @@ def http(url: str, count: int, timeout: float, host: str = "") -> dict[str, obje
             failed += 1
             if len(errors) < 5:
                 errors.append(f"{type(exc).__name__}: {exc}")
-    return {"pods": dict(pods), "failed": failed, "errors": errors}
+    return {"pods": dict(pods), "failed": failed, "errors": errors, "sent": sent}
 
 
 def get(url: str, timeout: float) -> dict[str, object]:
@@ -72,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_http.add_argument("url")
     p_http.add_argument("--count", type=int, default=1)
     p_http.add_argument("--host", default="", help="the Host header (default: from the URL)")
+    p_http.add_argument(
+        "--duration", type=float, default=0.0, help="steady traffic for this long, s"
+    )
+    p_http.add_argument("--interval", type=float, default=0.0, help="between requests, s")
     p_get = sub.add_parser("get", help="GET a URL once; its status and body")
     p_get.add_argument("url")
     p_tcp = sub.add_parser("tcp", help="send bytes to HOST:PORT, read the echo")
@@ -81,7 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--timeout", type=float, default=2.0)
     args = parser.parse_args(argv)
     if args.mode == "http":
-        result = http(args.url, args.count, args.timeout, args.host)
+        result = http(
+            args.url,
+            args.count,
+            args.timeout,
+            args.host,
+            duration=args.duration,
+            interval=args.interval,
+        )
     elif args.mode == "get":
         result = get(args.url, args.timeout)
     else:

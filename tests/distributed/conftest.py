@@ -22,15 +22,19 @@ StartLab = Callable[..., Awaitable[lab_main.Lab]]
 
 @pytest.fixture
 async def start_lab(tmp_path: Path) -> AsyncIterator[StartLab]:
-    """``await start_lab(lease_ttl=3, examples=dir)`` starts a lab; it is stopped after."""
+    """``await start_lab(lease_ttl=3, examples=dir, network="host")`` starts a lab (host
+    network unless asked; ``auto`` for network namespaces where they work); it is stopped
+    after."""
     labs: list[lab_main.Lab] = []
 
-    async def start(examples: Path | None = None, **shape: Any) -> lab_main.Lab:
+    async def start(
+        examples: Path | None = None, network: str = "host", **shape: Any
+    ) -> lab_main.Lab:
         shape.setdefault("lease_ttl", 3)
         lab = lab_main.Lab(
             state_dir=tmp_path / f"lab{len(labs)}",
             examples=examples or lab_main.REPO_EXAMPLES,
-            network="host",
+            network=network,
             shape=lab_main.Shape(**shape),
         )
         labs.append(lab)
