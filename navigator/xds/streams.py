@@ -445,8 +445,12 @@ class SotwStream(Stream):
         if found is None:
             return None
         version, items = found
+        if items is st.sent and version == st.sent_version and not st.force:
+            # NOTE: the app entry's own mapping, unchanged (e.g. only endpoints changed): the
+            # common case on a push, decided without looking at the resources.
+            return None
         target: Mapping[str, cache_mod.Encoded] = items
-        if not removals and st.sent is not None:
+        if not removals and st.sent is not None and st.sent is not items:
             # NOTE: make-before-break: what is dropped stays until the other types are sent.
             kept = {n: e for n, e in st.sent.items() if n not in items}
             if kept:
