@@ -29,7 +29,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Protocol
 
 from coordinator import etcd as etcd_mod
@@ -127,6 +127,10 @@ class ConfigSource(Protocol):
 
     def subscribe(self) -> Subscription: ...
 
+    def memo(self) -> dict[Hashable, object]:
+        """A dict for results derived from the current state, emptied whenever it changes."""
+        ...
+
     def caught_up(self, since: float) -> bool:
         """Checked against etcd since local monotonic time ``since``; if not, a check is
         started and every subscription is woken when it completes."""
@@ -151,6 +155,7 @@ class SnapshotCache:
         self._ping_timeout = ping_timeout
         self._retry_delay = retry_delay
         self._raw: dict[str, bytes] = {}
+        self._memo: dict[Hashable, object] = {}
         self._apps: dict[str, AppEntry] = {}
         self._eds: dict[str, Encoded] = {}
         self._subs: set[Subscription] = set()
@@ -190,6 +195,9 @@ class SnapshotCache:
         sub = Subscription(self)
         self._subs.add(sub)
         return sub
+
+    def memo(self) -> dict[Hashable, object]:
+        return self._memo
 
     async def wait_loaded(self) -> None:
         await self._loaded_event.wait()
@@ -323,6 +331,9 @@ class SnapshotCache:
         self._flush()
 
     def _apply(self, key: str, value: bytes | None) -> None:
+        if self._raw.get(key) != value:
+            # NOTE: derived results (e.g. a zone's endpoint response) are stale from now on.
+            self._memo = {}
         if value is None:
             if self._raw.pop(key, None) is not None:
                 self._apps.pop(key, None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import typing
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
@@ -75,6 +76,23 @@ def desired(
     if type_url in WILDCARD_TYPES:
         # NOTE: the app entry's own mapping and version, shared by every stream of the app.
         return entry.versions.get(type_url, EMPTY_VERSION), entry.of_type(type_url)
+    # NOTE: every sidecar of an app and zone with the same subscription gets the same answer:
+    # computed once per state, not once per stream (5,000 streams of 100 apps: 50 times fewer).
+    memo = source.memo()
+    key = (type_url, node.app, node.k8s_cluster, node.zone, names)
+    found = memo.get(key)
+    if found is None:
+        found = memo[key] = _named(source, entry, node.zone, type_url, names)
+    return typing.cast(Desired, found)
+
+
+def _named(
+    source: cache_mod.ConfigSource,
+    entry: cache_mod.AppEntry,
+    zone: str,
+    type_url: str,
+    names: frozenset[str],
+) -> Desired:
     items: dict[str, cache_mod.Encoded] = {}
     if type_url == snapshot.ROUTE:
         routes = entry.of_type(snapshot.ROUTE)
@@ -85,7 +103,7 @@ def desired(
         for name in sorted(names):
             if name not in entry.endpoints:
                 continue
-            found = source.eds(name, node.zone) if node.zone else None
+            found = source.eds(name, zone) if zone else None
             if found is None:
                 found = source.eds(name, keys.DEFAULT_VARIANT)
             if found is not None:

@@ -344,6 +344,7 @@ class _SotwType:
         "sent",
         "sent_at",
         "sent_version",
+        "transitional",
         "waiting_ack",
     )
 
@@ -361,6 +362,8 @@ class _SotwType:
         self.sent_at = 0.0
         self.cause_at: float | None = None
         self.waiting_ack = False
+        self.transitional = False
+        """The last response kept what is to be removed: the removal phase sends the rest."""
 
 
 class SotwStream(Stream):
@@ -441,6 +444,9 @@ class SotwStream(Stream):
         self, type_url: str, *, removals: bool, cause_at: float | None, dry_run: bool = False
     ) -> tuple[bytes, int] | None:
         st = self.types[type_url]
+        if removals and not st.transitional:
+            # NOTE: in SotW only a wildcard response that kept what goes has removals left.
+            return None
         found = resources.desired(self.ctx.source, self.node, type_url, st.names)
         if found is None:
             return None
@@ -453,6 +459,7 @@ class SotwStream(Stream):
         if not removals and st.sent is not None and st.sent is not items:
             # NOTE: make-before-break: what is dropped stays until the other types are sent.
             kept = {n: e for n, e in st.sent.items() if n not in items}
+            st.transitional = bool(kept)
             if kept:
                 target = dict(sorted({**items, **kept}.items()))
                 version = snapshot.version_of((e.name, e.hash) for e in target.values())
@@ -478,6 +485,7 @@ class SotwStream(Stream):
         st.waiting_ack = True
         if type_url in resources.WILDCARD_TYPES:
             st.sent = target
+        st.transitional = target is not items
         self._status(type_url).sent = version
         return wire.with_nonce(body, st.nonce), len(target)
 

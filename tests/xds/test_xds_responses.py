@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Hashable
 
 import pytest
 import xds_helpers as h
@@ -34,6 +35,9 @@ class FakeSource:
 
     def subscribe(self) -> cache_mod.Subscription:
         raise NotImplementedError
+
+    def memo(self) -> dict[Hashable, object]:
+        return {}
 
 
 def source(*services: h.Service, app: str = "shop") -> FakeSource:
