@@ -16,9 +16,10 @@ one service through the API server with the official ``kubernetes`` client, and 
   plane's own bookkeeping (lease-bound member records under ``members/``, the leadership keys
   ``watchers/<cluster>/leader`` and ``shards/<n>/leader``, ``stale/`` markers, the shard
   count), are counted apart and left out of "etcd writes per change"; in steady state there
-  are none, and the table says so when there were. The next change starts only after
-  convergence plus a quiet period with no etcd event and no sidecar report, so each write
-  belongs to one change;
+  are none, and the table says so when there were. The front-ends' sidecar status records
+  (``sidecars/``, rewritten after the ACKs) are counted on a row of their own. The next change
+  starts only after convergence plus a quiet period with no etcd event (status records
+  aside) and no sidecar report, so each write belongs to one change;
 - the peak RSS (``VmHWM``) of every process, the control plane's summed.
 
 Shapes (``--shape``):
@@ -79,7 +80,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,10 @@ NOT_CAUSED: tuple[tuple[str, str], ...] = (
 """The control plane's own bookkeeping: lease-bound member records, leadership keys, the
 stale markers and the shard count. An endpoint change causes none of them."""
 NOT_CAUSED_NAMES = tuple(dict.fromkeys(name for name, _ in NOT_CAUSED))
+STATUS_PREFIX = keys.SIDECARS
+"""The front-ends' sidecar status records (written after the ACKs, rate-capped): caused by
+a change but not configuration; counted apart (``status_writes``), never as writes per
+change, and they do not break a quiet period (``bench_frontend.py`` measures them)."""
 
 ENVOY = "envoy"
 ENVOY_FLAGS = ("--concurrency", "1", "--disable-hot-restart", "-l", "warning")
@@ -358,15 +363,21 @@ async def wait_ready(
         await asyncio.sleep(0.05)
 
 
-def vm_hwm_mib(pid: int) -> float | None:
-    """Peak resident set size of a process (``VmHWM``), in MiB."""
+def status_kib(pid: int, field: str) -> int | None:
+    """A kB field of ``/proc/PID/status`` (``VmHWM``, ``VmRSS``...); None if unreadable."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def vm_hwm_mib(pid: int) -> float | None:
+    """Peak resident set size of a process (``VmHWM``), in MiB."""
+    kib = status_kib(pid, "VmHWM")
+    return None if kib is None else kib / 1024
 
 
 # --- what the driver observes -----------------------------------------------------------
@@ -411,8 +422,10 @@ def short(key: str) -> str:
 class Observer:
     """Sidecar reports, Envoy polls and etcd events, and when a change has converged."""
 
-    def __init__(self, members: Iterable[str]) -> None:
+    def __init__(self, members: Iterable[str], *, quiet_ignores: tuple[str, ...] = ()) -> None:
         self.members = frozenset(members)
+        self.quiet_ignores = quiet_ignores
+        """Key prefixes whose writes are recorded but do not break a quiet period."""
         self.held: dict[str, frozenset[str]] = {}
         self.writes: list[Write] = []
         self.last_revision = 0
@@ -454,7 +467,8 @@ class Observer:
     def etcd_event(self, ev: etcd_mod.Event) -> None:
         self.writes.append(Write(time.time(), ev.revision, ev.key, ev.value is None))
         self.last_revision = max(self.last_revision, ev.revision)
-        self.activity.set()
+        if not ev.key.startswith(self.quiet_ignores):
+            self.activity.set()
 
     async def quiet(self, period: float, limit: float) -> bool:
         """Waits for ``period`` seconds without any event; False if ``limit`` passed first."""
@@ -533,9 +547,15 @@ def envoy_hosts(body: Any) -> frozenset[str] | None:
 
 
 async def poll_envoy(
-    session: aiohttp.ClientSession, admin: str, observer: Observer, proc: Proc
+    session: aiohttp.ClientSession,
+    admin: str,
+    observer: Observer,
+    proc: Proc,
+    *,
+    who: str = ENVOY,
 ) -> None:
-    """Every 5 ms while the Envoy has not converged (50 ms otherwise): its hosts of EDS_NAME.
+    """Every 5 ms while the Envoy has not converged (50 ms otherwise): its hosts of EDS_NAME,
+    reported to ``observer`` as member ``who``.
 
     The time recorded is when the admin's answer arrived (an upper bound of when Envoy had
     the hosts; the previous poll, at most ~5 ms earlier, is the lower bound).
@@ -550,9 +570,9 @@ async def poll_envoy(
                 if resp.status == 200:
                     hosts = envoy_hosts(await resp.json(content_type=None))
         at = time.time()
-        if hosts is not None and hosts != observer.held.get(ENVOY):
-            observer.report(ENVOY, at, hosts)
-        busy = ENVOY in observer.pending
+        if hosts is not None and hosts != observer.held.get(who):
+            observer.report(who, at, hosts)
+        busy = who in observer.pending
         await asyncio.sleep(ENVOY_POLL if busy else ENVOY_IDLE_POLL)
 
 
@@ -567,6 +587,7 @@ class Change:
     converged: bool
     convergence_ms: float
     envoy_ms: float
+    """The last real Envoy to hold the new endpoints."""
     first_sidecar_ms: float
     state_write_ms: float
     """When the driver's etcd watch saw the first state/ write (the watcher's part)."""
@@ -585,6 +606,8 @@ class Change:
     stray_reports: int
     keys: list[str]
     not_caused_keys: list[str]
+    status_writes: int = 0
+    """Sidecar status records (``sidecars/``) seen during the change; not in ``writes``."""
 
 
 @dataclasses.dataclass
@@ -872,7 +895,7 @@ async def _run_system(system: System, apps: int, args: argparse.Namespace, tmp: 
     frontend_of[ENVOY] = frontends[0]
 
     members = [f"sidecar-{i}" for i in range(apps)] + [ENVOY]
-    observer = Observer(members)
+    observer = Observer(members, quiet_ignores=(STATUS_PREFIX,))
     timeout = aiohttp.ClientTimeout(total=1.0)
     async with (
         etcd_mod.Etcd(etcd_mod.parse_endpoints(etcd_arg)) as etcd,
@@ -1070,7 +1093,10 @@ async def drive_changes(
     label: str,
     frontend_of: dict[str, str],
     args: argparse.Namespace,
+    envoys: Collection[str] = (ENVOY,),
 ) -> tuple[list[Change], int]:
+    """Runs ``args.changes`` changes; ``envoys``: the members that are real Envoys (their
+    last one is ``envoy_ms``; every other member is a simulated sidecar)."""
     out: list[Change] = []
     quiet_timeouts = 0
     failures = 0
@@ -1096,6 +1122,8 @@ async def drive_changes(
         if not await observer.quiet(args.quiet, limit=10.0):
             quiet_timeouts += 1
         seen = [w for w in observer.writes[first_write:] if w.revision > revision_before]
+        status_writes = sum(1 for w in seen if w.key.startswith(STATUS_PREFIX))
+        seen = [w for w in seen if not w.key.startswith(STATUS_PREFIX)]
         writes = [w for w in seen if caused(kind_of(w.key))]
         bookkeeping = [w for w in seen if not caused(kind_of(w.key))]
         by_kind = dict.fromkeys(KIND_NAMES, 0)
@@ -1110,7 +1138,8 @@ async def drive_changes(
                 + ", ".join(("-" if w.deleted else "+") + short(w.key) for w in bookkeeping),
                 file=sys.stderr,
             )
-        sidecar_times = [t for who, t in reached.items() if who != ENVOY]
+        sidecar_times = [t for who, t in reached.items() if who not in envoys]
+        envoy_times = [t for who, t in reached.items() if who in envoys]
         last_by_frontend = {
             fe: max((t for who, t in reached.items() if frontend_of.get(who) == fe), default=0.0)
             for fe in frontends
@@ -1125,7 +1154,7 @@ async def drive_changes(
                 api_ms=ms(api_done - t0),
                 converged=ok,
                 convergence_ms=ms(converged_at - t0) if ok else nan,
-                envoy_ms=ms(reached[ENVOY] - t0) if ENVOY in reached else nan,
+                envoy_ms=ms(max(envoy_times) - t0) if envoy_times else nan,
                 first_sidecar_ms=ms(min(sidecar_times) - t0) if sidecar_times else nan,
                 state_write_ms=ms(min(state_seen) - t0) if state_seen else nan,
                 eds_write_ms=ms(max(eds_seen) - t0) if eds_seen else nan,
@@ -1141,6 +1170,7 @@ async def drive_changes(
                 stray_reports=observer.stray,
                 keys=sorted({("-" if w.deleted else "+") + w.key for w in writes}),
                 not_caused_keys=sorted({("-" if w.deleted else "+") + w.key for w in bookkeeping}),
+                status_writes=status_writes,
             )
         )
         failures = 0 if ok else failures + 1
@@ -1251,6 +1281,7 @@ def summary(run: Run) -> dict[str, Any]:
             },
             "other_keys": dict(sorted(other_keys.items())),
             "after_convergence_total": sum(c.late_writes for c in ch),
+            "status_records_median": median([float(c.status_writes) for c in ch]),
         },
         "not_caused_writes": {
             "total": sum(sum(c.not_caused.values()) for c in ch),
@@ -1352,6 +1383,10 @@ def table(summaries: Sequence[dict[str, Any]], shape: Shape) -> str:
     ):
         rows.append((f"  {label}: p50 (max)", by_kind(kind)))
     rows += [
+        (
+            "  front-end status records (not counted): p50",
+            lambda s: num(s["etcd_writes"]["status_records_median"], 0),
+        ),
         (
             "  etcd revisions per change: p50",
             lambda s: num(s["etcd_writes"]["revisions_median"], 0),
