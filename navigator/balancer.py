@@ -31,13 +31,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
-import json
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
-
-import yaml
 
 from navigator import bootstrap
 
@@ -323,8 +320,5 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"navigator balancer-config: {exc}", file=sys.stderr)
         return 2
-    if args.output == "json":
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    else:
-        sys.stdout.write(yaml.safe_dump(doc, sort_keys=False))
+    bootstrap.emit(doc, args.output)
     return 0

@@ -219,8 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     except BootstrapError as exc:
         print(f"navigator bootstrap: {exc}", file=sys.stderr)
         return 2
-    if args.output == "json":
+    emit(doc, args.output)
+    return 0
+
+
+def emit(doc: dict[str, Any], output: str) -> None:
+    """Prints an Envoy config as ``json`` or ``yaml`` (what ``-o`` of the config commands takes)."""
+    if output == "json":
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
         sys.stdout.write(yaml.safe_dump(doc, sort_keys=False))
-    return 0

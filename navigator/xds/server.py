@@ -110,14 +110,14 @@ class AdsServer:
         self.coalesce = coalesce
         self.nacks: collections.deque[streams.Nack] = collections.deque(maxlen=max_nacks)
         """The most recent NACKs, newest last (also in logs, metrics and status records)."""
-        self.streams: set[streams.Stream] = set()
+        self.streams: set[streams.Stream[Any]] = set()
 
     # -- streams.Context -------------------------------------------------------------------
 
     def record_nack(self, nack: streams.Nack) -> None:
         self.nacks.append(nack)
 
-    def touched(self, stream: streams.Stream) -> None:
+    def touched(self, stream: streams.Stream[Any]) -> None:
         if self.board is not None:
             self.board.touched(stream)
 
@@ -125,7 +125,7 @@ class AdsServer:
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         # NOTE: response_serializer=None: the handlers yield wire bytes assembled from cache.
-        def handler(variant: type[streams.Stream], request: Any, only: str | None) -> Any:
+        def handler(variant: type[streams.Stream[Any]], request: Any, only: str | None) -> Any:
             async def serve_stream(
                 requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
             ) -> AsyncIterator[bytes]:
@@ -162,7 +162,7 @@ class AdsServer:
         self,
         requests: AsyncIterator[Any],
         context: grpc.aio.ServicerContext,
-        variant: type[streams.Stream],
+        variant: type[streams.Stream[Any]],
         only_type: str | None,
     ) -> AsyncIterator[bytes]:
         try:
@@ -224,7 +224,7 @@ class AdsServer:
             log.info("stream closed", extra={"node": node.id, "app": node.app})
 
     @staticmethod
-    async def _read(requests: AsyncIterator[Any], stream: streams.Stream) -> None:
+    async def _read(requests: AsyncIterator[Any], stream: streams.Stream[Any]) -> None:
         try:
             async for req in requests:
                 stream.on_request(req)

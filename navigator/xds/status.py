@@ -41,7 +41,7 @@ STATUS_WRITES = prometheus_client.Counter(
 )
 
 
-def encode(frontend: str, node_streams: Iterable[streams.Stream]) -> bytes:
+def encode(frontend: str, node_streams: Iterable[streams.Stream[Any]]) -> bytes:
     """One sidecar's record from its streams on this front-end (ADS: one; per-type: up to 4)."""
     items = list(node_streams)
     first = items[0]
@@ -86,16 +86,16 @@ class StatusBoard:
         self.frontend = frontend
         self._interval = interval
         self._per_cycle = max(1, int(max_per_second * interval))
-        self._nodes: dict[str, set[streams.Stream]] = {}
+        self._nodes: dict[str, set[streams.Stream[Any]]] = {}
         self._dirty: set[str] = set()
         self._changed = asyncio.Event()
 
-    def opened(self, stream: streams.Stream) -> None:
+    def opened(self, stream: streams.Stream[Any]) -> None:
         self._nodes.setdefault(stream.node.id, set()).add(stream)
         SIDECARS.set(len(self._nodes))
         self.touched(stream)
 
-    def closed(self, stream: streams.Stream) -> None:
+    def closed(self, stream: streams.Stream[Any]) -> None:
         found = self._nodes.get(stream.node.id)
         if found is not None:
             found.discard(stream)
@@ -104,7 +104,7 @@ class StatusBoard:
         SIDECARS.set(len(self._nodes))
         self.touched(stream)
 
-    def touched(self, stream: streams.Stream) -> None:
+    def touched(self, stream: streams.Stream[Any]) -> None:
         self._dirty.add(stream.node.id)
         self._changed.set()
 

@@ -37,7 +37,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import prometheus_client
 
@@ -118,7 +118,7 @@ class Context(Protocol):
 
     def record_nack(self, nack: Nack) -> None: ...
 
-    def touched(self, stream: Stream) -> None:
+    def touched(self, stream: Stream[Any]) -> None:
         """The stream's status (sent, acknowledged, rejected) changed."""
         ...
 
@@ -142,7 +142,11 @@ class TypeStatus:
         return out
 
 
-class Stream:
+T = TypeVar("T")
+"""A variant's per-type state."""
+
+
+class Stream(Generic[T]):
     """What both variants share: identity, subscription keys, the round, NACK records."""
 
     variant = ""
@@ -158,6 +162,9 @@ class Stream:
         self.ctx = ctx
         self.node = node
         self.sub = sub
+        self.types: dict[str, T] = {}
+        self._warm: set[str] = set()
+        """Clusters whose endpoints are to be sent again (they changed: Envoy warms them)."""
         self.only_type = only_type
         """A per-type (non-ADS) stream serves this type only."""
         self.closed = False
@@ -178,9 +185,6 @@ class Stream:
         self._update_keys()
 
     # -- subclass hooks ---------------------------------------------------------------------
-
-    def _types(self) -> list[str]:
-        raise NotImplementedError
 
     def _eds_names(self) -> frozenset[str]:
         raise NotImplementedError
@@ -243,7 +247,7 @@ class Stream:
         that stops reading therefore costs one response per type, never a queue.
         """
         out: list[bytes] = []
-        order = [t for t in snapshot.TYPE_URLS if t in self._types()]
+        order = [t for t in snapshot.TYPE_URLS if t in self.types]
         blocked = False
         for removals in (False, True):
             for type_url in order:
@@ -366,22 +370,8 @@ class _SotwType:
         """The last response kept what is to be removed: the removal phase sends the rest."""
 
 
-class SotwStream(Stream):
+class SotwStream(Stream[_SotwType]):
     variant = SOTW
-
-    def __init__(
-        self,
-        ctx: Context,
-        node: resources.NodeInfo,
-        sub: cache_mod.Subscription,
-        *,
-        only_type: str | None = None,
-    ) -> None:
-        self.types: dict[str, _SotwType] = {}
-        super().__init__(ctx, node, sub, only_type=only_type)
-
-    def _types(self) -> list[str]:
-        return list(self.types)
 
     def _eds_names(self) -> frozenset[str]:
         eds = self.types.get(snapshot.ENDPOINT)
@@ -511,23 +501,8 @@ class _DeltaType:
         """Updates were held back in this round (resumed sidecar, front-end not checked)."""
 
 
-class DeltaStream(Stream):
+class DeltaStream(Stream[_DeltaType]):
     variant = DELTA
-
-    def __init__(
-        self,
-        ctx: Context,
-        node: resources.NodeInfo,
-        sub: cache_mod.Subscription,
-        *,
-        only_type: str | None = None,
-    ) -> None:
-        self.types: dict[str, _DeltaType] = {}
-        self._warm: set[str] = set()
-        super().__init__(ctx, node, sub, only_type=only_type)
-
-    def _types(self) -> list[str]:
-        return list(self.types)
 
     def _eds_names(self) -> frozenset[str]:
         eds = self.types.get(snapshot.ENDPOINT)

@@ -7,9 +7,8 @@ next response is that one (a stream handles requests in order).
 
 from __future__ import annotations
 
-import asyncio
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,6 @@ import pytest
 import xds_helpers as h
 from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.service.discovery.v3 import discovery_pb2
-from google.rpc import status_pb2
 
 from coordinator import etcd as etcd_mod
 from navigator import snapshot
@@ -30,39 +27,7 @@ from navigator.xds import server as xds_server
 METHOD = f"/{xds_server.SERVICE}/{xds_server.METHOD}"
 
 
-class AdsClient:
-    def __init__(self, channel: grpc.aio.Channel, node: Any) -> None:
-        method = channel.stream_stream(
-            METHOD,
-            request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
-            response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
-        )
-        self.call = method()
-        self.node = node
-
-    async def send(
-        self,
-        type_url: str,
-        names: Sequence[str] = (),
-        *,
-        nonce: str = "",
-        version: str = "",
-        error: str = "",
-    ) -> None:
-        req = discovery_pb2.DiscoveryRequest(
-            node=self.node,
-            type_url=type_url,
-            resource_names=list(names),
-            response_nonce=nonce,
-            version_info=version,
-        )
-        if error:
-            req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
-        await self.call.write(req)
-
-    async def recv(self) -> Any:
-        async with asyncio.timeout(5):
-            return await self.call.read()
+AdsClient = h.SotwClient
 
 
 def node(app: str = "shop", k8s_cluster: str = "c1", zone: str = "z1") -> Any:

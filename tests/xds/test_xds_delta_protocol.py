@@ -77,34 +77,10 @@ class DeltaClient:
         await self.send(resp.type_url, nonce=resp.nonce)
 
 
-class SotwClient:
-    def __init__(self, channel: grpc.aio.Channel, method: str = SOTW, **node_kw: Any) -> None:
-        self.call = channel.stream_stream(
-            method,
-            request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
-            response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
-        )()
-        self.node = node(**node_kw)
-
-    async def send(
-        self, type_url: str, names: Sequence[str] = (), *, nonce: str = "", version: str = ""
-    ) -> None:
-        await self.call.write(
-            discovery_pb2.DiscoveryRequest(
-                node=self.node,
-                type_url=type_url,
-                resource_names=list(names),
-                response_nonce=nonce,
-                version_info=version,
-            )
-        )
-
-    async def recv(self) -> Any:
-        async with asyncio.timeout(5):
-            return await self.call.read()
-
-    async def ack(self, resp: Any, names: Sequence[str] = ()) -> None:
-        await self.send(resp.type_url, names, nonce=resp.nonce, version=resp.version_info)
+def SotwClient(
+    channel: grpc.aio.Channel, method: str = h.SOTW_METHOD, **node_kw: Any
+) -> h.SotwClient:
+    return h.SotwClient(channel, node(**node_kw), method)
 
 
 @pytest.fixture
@@ -384,6 +360,7 @@ async def test_a_sidecar_that_stops_reading_holds_up_nobody_and_queues_nothing(
     await fast.send(snapshot.CLUSTER)
     await fast.ack(await fast.recv())
     changes = 15
+
     async def until_generation(client: SotwClient, generation: int) -> int:
         """Reads (and ACKs) until the clusters are all of ``generation``; returns the count."""
         read = 0

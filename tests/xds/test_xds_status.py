@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import xds_helpers as h
 from envoy.config.core.v3 import base_pb2
@@ -24,11 +25,11 @@ class _Context:
     def record_nack(self, nack: streams.Nack) -> None:
         pass
 
-    def touched(self, stream: streams.Stream) -> None:
+    def touched(self, stream: streams.Stream[Any]) -> None:
         pass
 
 
-def _stream(ctx: _Context, cache: cache_mod.SnapshotCache, i: int) -> streams.Stream:
+def _stream(ctx: _Context, cache: cache_mod.SnapshotCache, i: int) -> streams.Stream[Any]:
     node = base_pb2.Node(id=f"node-{i}", cluster="shop")
     node.metadata.update({"app": "shop", "k8s_cluster": "c1"})
     return streams.DeltaStream(ctx, resources.NodeInfo.from_proto(node), cache.subscribe())

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import grpc.aio
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
@@ -25,6 +26,8 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import status_pb2
 
 from coordinator import etcd as etcd_mod
 from navigator import keys, model, snapshot
@@ -254,3 +257,45 @@ def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, close_fds=False
         )
+
+
+SOTW_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+
+
+class SotwClient:
+    """A raw State-of-the-World xDS client on one stream (ADS unless ``method`` says)."""
+
+    def __init__(self, channel: grpc.aio.Channel, node: Any, method: str = SOTW_METHOD) -> None:
+        self.call = channel.stream_stream(
+            method,
+            request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
+            response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
+        )()
+        self.node = node
+
+    async def send(
+        self,
+        type_url: str,
+        names: Sequence[str] = (),
+        *,
+        nonce: str = "",
+        version: str = "",
+        error: str = "",
+    ) -> None:
+        req = discovery_pb2.DiscoveryRequest(
+            node=self.node,
+            type_url=type_url,
+            resource_names=list(names),
+            response_nonce=nonce,
+            version_info=version,
+        )
+        if error:
+            req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+        await self.call.write(req)
+
+    async def recv(self) -> Any:
+        async with asyncio.timeout(5):
+            return await self.call.read()
+
+    async def ack(self, resp: Any, names: Sequence[str] = ()) -> None:
+        await self.send(resp.type_url, names, nonce=resp.nonce, version=resp.version_info)
