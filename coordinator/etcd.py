@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
 import aetcd
@@ -92,6 +92,25 @@ _TRANSIENT = (
     aetcd.exceptions.ConnectionTimeoutError,
     aetcd.exceptions.InternalError,
 )
+
+
+@contextlib.contextmanager
+def _closed_channel_is_transient(what: str) -> Iterator[None]:
+    """Turns the CancelledError of a call whose channel was closed under it into an error.
+
+    NOTE: grpc.aio raises ``asyncio.CancelledError`` in every call, unary or streaming, of a
+    channel that is closed while the call runs (measured: no AioRpcError), and a member's
+    channel is closed when it is passed over (``_failed``). Left alone, that error cancels
+    whichever task made the call: a front-end's snapshot watch or a watcher's readiness loop
+    would end as if stopped. Only a cancellation of the task itself stays a cancellation.
+    """
+    try:
+        yield
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        raise EtcdUnavailable(f"{what}: its etcd member's channel was closed") from None
 
 
 def parse_endpoints(value: str | Iterable[str]) -> list[str]:
@@ -311,7 +330,10 @@ class Etcd:
             await client.connect()
             fn = getattr(getattr(client, stub), method)
             try:
-                return await fn(request, timeout=self.timeout, metadata=client.metadata)
+                with _closed_channel_is_transient(method):
+                    return await fn(request, timeout=self.timeout, metadata=client.metadata)
+            except EtcdUnavailable as exc:
+                raise aetcd.exceptions.ConnectionFailedError(str(exc)) from exc
             except aetcd.rpc.AioRpcError as exc:
                 if exc.code() == aetcd.rpc.StatusCode.CANCELLED:
                     # NOTE: its channel was closed under it (the member was passed over).
@@ -484,7 +506,8 @@ class Etcd:
 
         try:
             async with asyncio.timeout(within):
-                return await once()
+                with _closed_channel_is_transient("lease keepalive"):
+                    return await once()
         except aetcd.rpc.AioRpcError as exc:
             if exc.code() != aetcd.rpc.StatusCode.CANCELLED:
                 self._failed(member, exc.code().name)
@@ -594,26 +617,27 @@ class Etcd:
         # watch (we resume on another member) instead of going silent.
         call = stub.Watch(requests(), metadata=client.metadata)
         try:
-            async for resp in call:
-                if resp.compact_revision:
-                    raise Compacted(resp.compact_revision)
-                if resp.canceled:
-                    self._failed(member, resp.cancel_reason)
-                    raise EtcdUnavailable(f"etcd cancelled the watch: {resp.cancel_reason}")
-                if resp.events:
-                    yield [
-                        Event(
-                            key=ev.kv.key.decode(),
-                            value=None if ev.type == _DELETE else ev.kv.value,
-                            revision=ev.kv.mod_revision,
-                        )
-                        for ev in resp.events
-                    ]
-                elif progress is not None and not resp.created and resp.header.revision:
-                    # NOTE: an empty response is a progress notification: nothing up to its
-                    # revision is still to come on this stream.
-                    progress.answered()
-                    yield [Progress(int(resp.header.revision))]
+            with _closed_channel_is_transient("watch"):
+                async for resp in call:
+                    if resp.compact_revision:
+                        raise Compacted(resp.compact_revision)
+                    if resp.canceled:
+                        self._failed(member, resp.cancel_reason)
+                        raise EtcdUnavailable(f"etcd cancelled the watch: {resp.cancel_reason}")
+                    if resp.events:
+                        yield [
+                            Event(
+                                key=ev.kv.key.decode(),
+                                value=None if ev.type == _DELETE else ev.kv.value,
+                                revision=ev.kv.mod_revision,
+                            )
+                            for ev in resp.events
+                        ]
+                    elif progress is not None and not resp.created and resp.header.revision:
+                        # NOTE: an empty response is a progress notification: nothing up to its
+                        # revision is still to come on this stream.
+                        progress.answered()
+                        yield [Progress(int(resp.header.revision))]
         except aetcd.rpc.AioRpcError as exc:
             if exc.code() != aetcd.rpc.StatusCode.CANCELLED:
                 self._failed(member, exc.code().name)

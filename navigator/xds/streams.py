@@ -483,7 +483,16 @@ class SotwStream(Stream[_SotwType]):
 class _DeltaType:
     """What a Delta stream subscribed to and what the sidecar holds, for one type URL."""
 
-    __slots__ = ("holding", "known", "names", "pending", "rejected", "resumed", "wildcard")
+    __slots__ = (
+        "holding",
+        "known",
+        "names",
+        "pending",
+        "rejected",
+        "resumed",
+        "synced_with",
+        "wildcard",
+    )
 
     def __init__(self, wildcard: bool) -> None:
         self.wildcard = wildcard
@@ -499,6 +508,9 @@ class _DeltaType:
         self.resumed = False
         self.holding = False
         """Updates were held back in this round (resumed sidecar, front-end not checked)."""
+        self.synced_with: Mapping[str, cache_mod.Encoded] | None = None
+        """The desired mapping ``known`` was last found equal to; the cache's objects are
+        replaced on every change, so the same object again means nothing to do."""
 
 
 class DeltaStream(Stream[_DeltaType]):
@@ -543,6 +555,7 @@ class DeltaStream(Stream[_DeltaType]):
             for name in gone:
                 st.known.pop(name, None)
                 st.rejected.pop(name, None)
+            st.synced_with = None
             changed = True
         if req.response_nonce:
             self._answered(type_url, st, req)
@@ -566,6 +579,7 @@ class DeltaStream(Stream[_DeltaType]):
                 else:
                     st.known[name] = prior
             st.rejected.update(sent)
+            st.synced_with = None
             self._nack(type_url, version, self._status(type_url).acked, req.error_detail.message)
             return
         for name in sent:
@@ -581,12 +595,16 @@ class DeltaStream(Stream[_DeltaType]):
         if found is None:
             return None
         version, items = found
+        warm = self._warm if type_url == snapshot.ENDPOINT else set()
+        if items is st.synced_with and not warm:
+            # NOTE: the common case on a push (a change elsewhere): decided without looking
+            # at the resources.
+            return None
         send: list[cache_mod.Encoded] = []
         removed: list[str] = []
         if not removals:
             if not dry_run:
                 st.holding = False
-            warm = self._warm if type_url == snapshot.ENDPOINT else set()
             for name, e in items.items():
                 if (st.known.get(name) != e.hash or name in warm) and st.rejected.get(
                     name
@@ -598,20 +616,24 @@ class DeltaStream(Stream[_DeltaType]):
             removed = [n for n in sorted(names) if n not in items and st.known.get(n) != _ABSENT]
         if dry_run:
             return (b"", 0) if send or removed else None
-        if type_url == snapshot.ENDPOINT and not removals:
-            self._warm = set()
         if not send and not removed:
             if removals and not st.holding:
                 # NOTE: nothing due in either phase: a resumed sidecar holds what we would send.
                 st.resumed = False
-                status = self._status(type_url)
-                if not st.pending and status.acked != version:
-                    status.sent = status.acked = version
-                    self.ctx.touched(self)
+                if not st.rejected and not warm:
+                    st.synced_with = items
+                    status = self._status(type_url)
+                    if not st.pending and status.acked != version:
+                        # NOTE: it holds exactly this version (e.g. resumed with it).
+                        status.sent = status.acked = version
+                        self.ctx.touched(self)
             return None
         if st.resumed and self._hold(type_url):
             st.holding = True
             return None
+        if warm and not removals:
+            self._warm = set()
+        st.synced_with = None
         previous: dict[str, str | None] = {}
         for e in send:
             previous[e.name] = st.known.get(e.name)

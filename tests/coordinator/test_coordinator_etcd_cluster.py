@@ -6,6 +6,8 @@ fails fast. The client must notice it within a call's timeout and stop sending t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import signal
 import time
 
@@ -35,5 +37,52 @@ async def test_calls_move_off_a_paused_member(etcd_cluster: list[procs.EtcdMembe
             assert time.monotonic() - started < 10
         finally:
             follower.popen.send_signal(signal.SIGCONT)
+    finally:
+        await client.close()
+
+
+async def test_calls_and_watches_on_a_member_passed_over_carry_on_elsewhere(
+    etcd_cluster: list[procs.EtcdMember],
+) -> None:
+    """A member's channel is closed when it is passed over; grpc.aio then raises
+    CancelledError in every call on it. Those calls and watches must go on elsewhere, not
+    cancel the tasks that made them (a watcher once stopped this way)."""
+    endpoints = etcd_mod.parse_endpoints(",".join(m.client_url for m in etcd_cluster))
+    statuses = [await etcd_mod.member_status(e) for e in endpoints]
+    index = next(i for i, s in enumerate(statuses) if not s.is_leader)
+    follower = etcd_cluster[index]
+    # NOTE: the follower first: the client pins it, so the watch and the calls start there.
+    ordered = [endpoints[index]] + [e for i, e in enumerate(endpoints) if i != index]
+    client = etcd_mod.Etcd(ordered, timeout=1.0, retry_for=10.0)
+    try:
+        await client.put("/t/w", b"0")
+        seen: list[bytes | None] = []
+        got = asyncio.Event()
+
+        async def watch() -> None:
+            async for ev in client.watch_prefix("/t/", start_revision=0):
+                seen.append(ev.value)
+                if ev.value == b"after":
+                    got.set()
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(0.3)  # NOTE: the watch stream is open on the follower
+        follower.popen.send_signal(signal.SIGSTOP)
+        try:
+            # Both calls wait on the paused member; the first to time out closes its channel
+            # under the other, which must be retried, not cancelled.
+            results = await asyncio.gather(
+                client.put("/t/w", b"after"), client.get("/t/w"), return_exceptions=True
+            )
+            assert not [r for r in results if isinstance(r, BaseException)], results
+            async with asyncio.timeout(10):
+                await got.wait()
+            assert not watcher.done(), "the watching task ended"
+        finally:
+            follower.popen.send_signal(signal.SIGCONT)
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        assert watcher.cancelled()
     finally:
         await client.close()

@@ -190,7 +190,8 @@ async def test_delta_nack_keeps_the_last_good_version_and_is_not_resent(
     await publish(etcd, xds, h.Service("one", 10001))
     client = DeltaClient(channel, node_id="shop-delta-nack")
     await client.send(snapshot.CLUSTER)
-    await client.ack(await client.recv())
+    good = await client.recv()
+    await client.ack(good)
 
     await publish(etcd, xds, h.Service("one", 10001), h.Service("bad", 10002))
     bad = await client.recv()
@@ -201,6 +202,10 @@ async def test_delta_nack_keeps_the_last_good_version_and_is_not_resent(
     assert [(n.type_url, n.rejected_version) for n in nacks] == [
         (snapshot.CLUSTER, bad.system_version_info)
     ]
+    record = xds.board.record("shop-delta-nack")
+    assert record is not None
+    cds = json.loads(record)["types"]["cds"]
+    assert (cds["acked"], cds["nacked"]) == (good.system_version_info, bad.system_version_info)
 
     # Fixed input: "bad" is gone from the snapshot, so the sidecar, which never took it, is
     # told to remove nothing; a new cluster arrives alone.
