@@ -132,6 +132,10 @@ def load_topology(examples: Path) -> Topology:
     for s in sidecars:
         if s.cluster not in names:
             raise LabError(f"sidecar {s.app} is in unknown cluster {s.cluster}")
+        if s.xds not in ("", "sotw", "delta"):
+            raise LabError(
+                f"sidecar {s.app} in {s.cluster}: xds must be sotw or delta, not {s.xds!r}"
+            )
     for g in gateways:
         if g.cluster not in names:
             raise LabError(f"gateway {g.namespace}/{g.name} is in unknown cluster {g.cluster}")
