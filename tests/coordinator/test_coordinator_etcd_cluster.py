@@ -15,12 +15,24 @@ from coordinator import etcd as etcd_mod
 from navigator.lab import procs
 
 
+async def _statuses(endpoints: list[str], within: float = 15.0) -> list[etcd_mod.MemberStatus]:
+    """Every member's status, waiting for members still starting (a loaded machine)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return [await etcd_mod.member_status(e) for e in endpoints]
+        except etcd_mod.EtcdUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def test_calls_move_off_a_paused_member(etcd_cluster: list[procs.EtcdMember]) -> None:
     endpoints = etcd_mod.parse_endpoints(",".join(m.client_url for m in etcd_cluster))
     client = etcd_mod.Etcd(endpoints, timeout=1.0, retry_for=10.0)
     try:
         await client.put("/t/x", b"0")
-        statuses = [await etcd_mod.member_status(e) for e in endpoints]
+        statuses = await _statuses(endpoints)
         follower = next(m for m, s in zip(etcd_cluster, statuses, strict=True) if not s.is_leader)
         follower.popen.send_signal(signal.SIGSTOP)
         try:
@@ -48,7 +60,7 @@ async def test_calls_and_watches_on_a_member_passed_over_carry_on_elsewhere(
     CancelledError in every call on it. Those calls and watches must go on elsewhere, not
     cancel the tasks that made them (a watcher once stopped this way)."""
     endpoints = etcd_mod.parse_endpoints(",".join(m.client_url for m in etcd_cluster))
-    statuses = [await etcd_mod.member_status(e) for e in endpoints]
+    statuses = await _statuses(endpoints)
     index = next(i for i, s in enumerate(statuses) if not s.is_leader)
     follower = etcd_cluster[index]
     # NOTE: the follower first: the client pins it, so the watch and the calls start there.
