@@ -293,12 +293,13 @@ async def serve(
         async def registered(current: session.Session) -> None:
             await asyncio.gather(registration.run(current), board.run(current))
 
-        # NOTE: membership and status are for people and tools; serving never waits for them.
-        tasks.append(
-            asyncio.create_task(
-                session.run_sessions(etcd, ttl=MEMBER_TTL, body=registered), name="xds-member"
-            )
+        # NOTE: membership and status are for people and tools; serving never waits for them,
+        # and goes on if they fail (logged).
+        member_task = asyncio.create_task(
+            session.run_sessions(etcd, ttl=MEMBER_TTL, body=registered), name="xds-member"
         )
+        member_task.add_done_callback(_log_crash)
+        tasks.append(member_task)
     server = grpc.aio.server(options=SERVER_OPTIONS)
     try:
         server.add_generic_rpc_handlers(ads.generic_handlers())
@@ -328,9 +329,16 @@ async def serve(
     finally:
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # NOTE: a crash of these was logged (or is re-raised by the caller's wait on loader).
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "front-end registration and sidecar status stopped",
+            extra={"error": str(task.exception())},
+        )
 
 
 def _parser() -> argparse.ArgumentParser:

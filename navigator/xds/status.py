@@ -117,10 +117,14 @@ class StatusBoard:
         # NOTE: a new lease: every record is rewritten under it (the old lease's are gone or
         # going), and whatever an earlier process with this id left is cleared.
         self._dirty |= set(self._nodes)
-        stale = await self._etcd.get_prefix(keys.sidecar_prefix(self.frontend), keys_only=True)
-        gone = [k for k in stale.items if keys.parse_sidecar_key(k)[1] not in self._nodes]
-        if gone:
-            await self._etcd.apply(puts={}, deletes=gone)
+        try:
+            stale = await self._etcd.get_prefix(keys.sidecar_prefix(self.frontend), keys_only=True)
+            gone = [k for k in stale.items if keys.parse_sidecar_key(k)[1] not in self._nodes]
+            if gone:
+                await self._etcd.apply(puts={}, deletes=gone)
+        except (etcd_mod.EtcdError, keys.SchemaError) as exc:
+            # NOTE: not fatal: what an earlier process left goes with its lease anyway.
+            log.warning("cannot clear old sidecar status records", extra={"error": str(exc)})
         self._changed.set()
         while session.valid():
             await session_mod.wait_event(self._changed, None)
