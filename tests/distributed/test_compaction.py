@@ -56,6 +56,11 @@ async def _served_ips(address: str) -> set[str]:
     return out
 
 
+async def _serving(address: str, ip: str) -> set[str] | None:
+    served = await _served_ips(address)
+    return served if ip in served else None
+
+
 def _extra(lab: lab_main.Lab, role: str, name: str, args: list[str], etcd: str) -> lab_main.Proc:
     http = f"127.0.0.1:{procs.free_port()}"
     return lab.spawn(
@@ -109,7 +114,12 @@ async def test_compaction_past_their_revision_makes_them_relist_and_converge(
         )
         await lab.wait_ready([frontend, translator, watcher])
         address = f"127.0.0.1:{grpc_port}"
-        assert {west_ips[1]} <= await _served_ips(address)
+        # NOTE: the lab is up once its sidecars have listeners; a service spanning both
+        # clusters is published once both are synced, which may come a moment later.
+        served = await f.until(
+            lambda: _serving(address, west_ips[1]), within=20, what="the front-end behind"
+        )
+        assert west_ips[1] in served
 
         proxy.set_mode(faultproxy.Mode.BLACKHOLE)
         await f.set_endpoint_ips(lab, "west", "shop", "item", west_ips[:1])
