@@ -81,13 +81,35 @@ async def campaign(
 ) -> Leadership | None:
     """Waits until this session holds ``key``; None if the session is lost first."""
     while session.valid():
-        created, current = await etcd.create(key, value, lease=session.lease)
+        try:
+            created, current = await etcd.create(key, value, lease=session.lease)
+        except asyncio.CancelledError:
+            # NOTE: the create may have landed before the cancellation (a rebalance stops
+            # campaigns): a key of ours that nobody leads would keep every other candidate
+            # out until our lease ends. Drop it if it is ours.
+            await asyncio.shield(_drop_if_ours(etcd, session, key))
+            raise
         if created or current.lease == session.lease:
             # NOTE: not created but under our lease: an earlier create of ours landed and its
             # answer was lost (then retried). The key is ours; its create revision is the token.
             return Leadership(key=key, token=current.create_revision, session=session)
         await _until_deleted(etcd, session, key, after=current.mod_revision)
     return None
+
+
+async def _drop_if_ours(etcd: etcd_mod.Etcd, session: session_mod.Session, key: str) -> None:
+    try:
+        current = await etcd.get(key)
+        if current is not None and current.lease == session.lease:
+            await etcd.delete(key, fence=etcd_mod.Fence(key, current.create_revision))
+            log.info("dropped a leadership key created as its campaign stopped", extra={"key": key})
+    except etcd_mod.Deposed:
+        pass
+    except etcd_mod.EtcdError as exc:
+        log.warning(
+            "could not drop a leadership key of a stopped campaign; it goes with the lease",
+            extra={"key": key, "error": str(exc)},
+        )
 
 
 async def _until_deleted(

@@ -100,6 +100,44 @@ async def test_resigning_on_cancel_hands_over_at_once(etcd: etcd_mod.Etcd) -> No
     assert await etcd.get(KEY) is None
 
 
+async def test_a_campaign_stopped_as_its_create_lands_leaves_no_key_behind(
+    etcd: etcd_mod.Etcd,
+) -> None:
+    """A rebalance cancels campaigns; one whose create landed but was not answered yet must
+    not leave a key under its (live) lease that keeps every other candidate out."""
+    a = await session.Session.open(etcd, ttl=10)
+    b = await session.Session.open(etcd, ttl=10)
+    landed = asyncio.Event()
+
+    class SlowAnswer(etcd_mod.Etcd):
+        """The create lands in etcd; its answer reaches the campaign only much later."""
+
+        async def create(
+            self, key: str, value: bytes, *, lease: int = 0
+        ) -> tuple[bool, etcd_mod.KeyValue]:
+            result = await super().create(key, value, lease=lease)
+            landed.set()
+            await asyncio.sleep(30)
+            return result
+
+    slow = SlowAnswer(etcd.endpoints, timeout=2.0, retry_for=5.0)
+    try:
+        campaign_a = asyncio.create_task(election.campaign(slow, a, KEY, b"a"))
+        await asyncio.wait_for(landed.wait(), 5)
+        current = await etcd.get(KEY)
+        assert current is not None and current.lease == a.lease
+        campaign_a.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await campaign_a
+        assert await etcd.get(KEY) is None
+        # The other candidate gets it at once, not after a's lease.
+        async with asyncio.timeout(2):
+            term = await election.campaign(etcd, b, KEY, b"b")
+        assert term is not None and term.session is b
+    finally:
+        await slow.close()
+
+
 async def test_a_leader_cut_off_from_etcd_stops_at_its_local_deadline(tmp_path: Path) -> None:
     proc, url = procs.start_etcd(tmp_path / "etcd")
     client = etcd_mod.Etcd(etcd_mod.parse_endpoints(url), timeout=1.0, retry_for=1.0)
