@@ -32,7 +32,6 @@ Rules kept here (see LAB.md, "Envoy's xDS behaviour", and the xDS protocol):
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import time
@@ -83,9 +82,6 @@ PUSH_LATENCY = prometheus_client.Histogram(
     ["type"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
-
-PENDING_LIMIT = 16
-"""Unacknowledged Delta responses remembered per type (older ones are forgotten)."""
 
 _ABSENT = ""
 """In a Delta stream's ``known``: the sidecar was told this name does not exist."""
@@ -480,6 +476,20 @@ class SotwStream(Stream[_SotwType]):
         return wire.with_nonce(body, st.nonce), len(target)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _DeltaPending:
+    """A Delta response out: what to put back if it is rejected, what to time if not."""
+
+    nonce: str
+    version: str
+    previous: dict[str, str | None]
+    """What ``known`` held, before this response, for each name it changed."""
+    sent: dict[str, str]
+    """Name → hash of each resource it carries."""
+    sent_at: float
+    cause_at: float | None
+
+
 class _DeltaType:
     """What a Delta stream subscribed to and what the sidecar holds, for one type URL."""
 
@@ -501,10 +511,8 @@ class _DeltaType:
         """Name → hash the sidecar holds (``_ABSENT``: told it does not exist)."""
         self.rejected: dict[str, str] = {}
         """Name → hash the sidecar rejected: never sent again at that hash."""
-        self.pending: collections.OrderedDict[
-            str, tuple[str, dict[str, str | None], dict[str, str], float, float | None]
-        ] = collections.OrderedDict()
-        """Nonce → (version, previous known of what it changed, hashes sent, sent_at, cause)."""
+        self.pending: _DeltaPending | None = None
+        """The one response out and not yet answered (flow control: one per type)."""
         self.resumed = False
         self.holding = False
         """Updates were held back in this round (resumed sidecar, front-end not checked)."""
@@ -565,11 +573,12 @@ class DeltaStream(Stream[_DeltaType]):
             self.sub.changed.set()
 
     def _answered(self, type_url: str, st: _DeltaType, req: Any) -> None:
-        found = st.pending.pop(req.response_nonce, None)
-        if found is None:
+        found = st.pending
+        if found is None or found.nonce != req.response_nonce:
             return
+        st.pending = None
         self._answered_type(type_url)
-        version, previous, sent, sent_at, cause_at = found
+        version, previous, sent = found.version, found.previous, found.sent
         if req.HasField("error_detail"):
             # NOTE: Envoy rejected the whole response and keeps what it had: put that back,
             # and remember the rejected hashes so they are not sent again in a loop.
@@ -584,7 +593,7 @@ class DeltaStream(Stream[_DeltaType]):
             return
         for name in sent:
             st.rejected.pop(name, None)
-        self._acked(type_url, version, sent_at, cause_at)
+        self._acked(type_url, version, found.sent_at, found.cause_at)
 
     def _respond_type(
         self, type_url: str, *, removals: bool, cause_at: float | None, dry_run: bool = False
@@ -667,14 +676,13 @@ class DeltaStream(Stream[_DeltaType]):
             ),
         )
         nonce = self._next_nonce()
-        st.pending[nonce] = (
-            version,
-            previous,
-            {e.name: e.hash for e in send},
-            time.monotonic(),
-            cause_at,
+        st.pending = _DeltaPending(
+            nonce=nonce,
+            version=version,
+            previous=previous,
+            sent={e.name: e.hash for e in send},
+            sent_at=time.monotonic(),
+            cause_at=cause_at,
         )
-        while len(st.pending) > PENDING_LIMIT:
-            st.pending.popitem(last=False)
         self._status(type_url).sent = version
         return wire.with_nonce(body, nonce), len(send)

@@ -23,6 +23,7 @@ from coordinator import etcd as etcd_mod
 from navigator import snapshot
 from navigator.lab import procs
 from navigator.xds import server as xds_server
+from navigator.xds import streams
 
 METHOD = f"/{xds_server.SERVICE}/{xds_server.METHOD}"
 
@@ -156,7 +157,7 @@ async def test_a_resuming_sidecar_with_an_unknown_version_waits_until_the_front_
         snap = h.app_snapshot("shop", "c1", [h.Service("one", 10001)])
         async with xds_server.serve(etcd=etcd, listen="127.0.0.1:0", grace=0.2) as xds:
             await h.applied(xds.cache, await h.publish_app(etcd, snap))
-            held = xds_server.HELD.labels("cds")._value.get()
+            held = streams.HELD.labels("cds")._value.get()
             async with grpc.aio.insecure_channel(f"127.0.0.1:{xds.port}") as channel:
                 proc.send_signal(signal.SIGSTOP)  # NOTE: this front-end cannot check etcd now
                 try:
@@ -166,7 +167,7 @@ async def test_a_resuming_sidecar_with_an_unknown_version_waits_until_the_front_
                     await client.send(snapshot.LISTENER)
                     # CDS goes before LDS when both are due: LDS first means CDS was held.
                     assert (await client.recv()).type_url == snapshot.LISTENER
-                    assert xds_server.HELD.labels("cds")._value.get() > held
+                    assert streams.HELD.labels("cds")._value.get() > held
                 finally:
                     proc.send_signal(signal.SIGCONT)
                 cds = await client.recv()

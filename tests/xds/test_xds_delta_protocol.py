@@ -27,6 +27,7 @@ from coordinator import membership
 from navigator import keys, snapshot
 from navigator.xds import server as xds_server
 from navigator.xds import status as status_mod
+from navigator.xds import streams
 
 DELTA = f"/{xds_server.SERVICE}/{xds_server.DELTA_METHOD}"
 SOTW = f"/{xds_server.SERVICE}/{xds_server.METHOD}"
@@ -119,7 +120,7 @@ async def test_delta_sends_only_what_changed_and_names_what_was_removed(
     assert list(first.removed_resources) == []
     await client.ack(first)
 
-    pushed = xds_server.streams.PUSH_LATENCY.labels("cds")._sum.get()
+    pushed = streams.PUSH_LATENCY.labels("cds")._sum.get()
     await publish(etcd, xds, one, two, three)
     added = await client.recv()
     assert sorted(versions(added)) == ["three"]
@@ -127,7 +128,7 @@ async def test_delta_sends_only_what_changed_and_names_what_was_removed(
     await client.ack(added)
     # Push latency: from the front-end's receipt of the etcd change to this ACK.
     await h.eventually(
-        lambda: _async(xds_server.streams.PUSH_LATENCY.labels("cds")._sum.get() > pushed),
+        lambda: _async(streams.PUSH_LATENCY.labels("cds")._sum.get() > pushed),
         what="the push latency observed",
     )
 
@@ -146,12 +147,12 @@ async def test_delta_resume_with_initial_versions_is_sent_nothing_it_has(
     first.call.cancel()
 
     # As after a fail-over to another front-end: resource versions are content hashes.
-    sent = xds_server.streams.RESOURCES_SENT.labels("cds", "delta")._value.get()
+    sent = streams.RESOURCES_SENT.labels("cds", "delta")._value.get()
     resumed = DeltaClient(channel)
     await resumed.send(snapshot.CLUSTER, initial=held)
     await resumed.send(snapshot.LISTENER)
     assert (await resumed.recv()).type_url == snapshot.LISTENER
-    assert xds_server.streams.RESOURCES_SENT.labels("cds", "delta")._value.get() == sent
+    assert streams.RESOURCES_SENT.labels("cds", "delta")._value.get() == sent
 
     # One outdated hash: only that resource is sent.
     again = DeltaClient(channel)

@@ -18,6 +18,7 @@ from coordinator import etcd as etcd_mod
 from navigator import keys, snapshot
 from navigator.lab import procs
 from navigator.xds import server as xds_server
+from navigator.xds import streams
 
 
 def _responses(type_name: str) -> float:
@@ -100,7 +101,7 @@ async def test_nack_is_recorded_not_resent_and_last_good_config_keeps_serving(
     )
     await h.publish_app(etcd, bad)
 
-    async def nacked() -> xds_server.Nack | None:
+    async def nacked() -> streams.Nack | None:
         return next((n for n in xds.ads.nacks if n.node_id == "shop-nacked"), None)
 
     nack = await h.eventually(nacked, what="the LDS NACK")

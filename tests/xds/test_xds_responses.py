@@ -12,10 +12,9 @@ from google.protobuf import any_pb2
 
 from navigator import keys, snapshot
 from navigator.xds import cache as cache_mod
-from navigator.xds import server as xds_server
-from navigator.xds import wire
+from navigator.xds import resources, wire
 
-NODE = xds_server.NodeInfo(id="n1", app="shop", k8s_cluster="c1", region="r1", zone="z1")
+NODE = resources.NodeInfo(id="n1", app="shop", k8s_cluster="c1", region="r1", zone="z1")
 
 
 @dataclasses.dataclass
@@ -57,7 +56,7 @@ def test_pre_encoded_response_decodes_to_the_equal_message() -> None:
         cache_mod.Encoded(c.name, "x", wire.resource_entry(snapshot.CLUSTER, c.SerializeToString()))
         for c in clusters
     ]
-    body = xds_server.ResponseCache().body(snapshot.CLUSTER, "v1", items)
+    body = resources.ResponseCache().body(snapshot.CLUSTER, "v1", items)
     decoded = discovery_pb2.DiscoveryResponse.FromString(wire.with_nonce(body, "7"))
     expected = discovery_pb2.DiscoveryResponse(
         version_info="v1",
@@ -85,9 +84,9 @@ def test_varint_matches_protobuf(value: int) -> None:
 
 def test_versions_depend_on_content_only() -> None:
     one, two = h.Service("one", 1), h.Service("two", 2)
-    a = xds_server.build(source(one, two), NODE, snapshot.CLUSTER, frozenset())
-    b = xds_server.build(source(two, one), NODE, snapshot.CLUSTER, frozenset())
-    c = xds_server.build(source(one), NODE, snapshot.CLUSTER, frozenset())
+    a = resources.build(source(one, two), NODE, snapshot.CLUSTER, frozenset())
+    b = resources.build(source(two, one), NODE, snapshot.CLUSTER, frozenset())
+    c = resources.build(source(one), NODE, snapshot.CLUSTER, frozenset())
     assert a is not None and b is not None and c is not None
     assert a[0] == b[0] != c[0]
     assert [i.name for i in a[1]] == ["one", "two"]
@@ -104,24 +103,24 @@ def test_versions_depend_on_content_only() -> None:
 def test_eds_serves_only_requested_names_of_the_app(names: set[str], expected: list[str]) -> None:
     src = source(h.Service("one", 1))
     src.blobs[("two", keys.DEFAULT_VARIANT)] = cache_mod.encode_eds("two", b"")
-    built = xds_server.build(src, NODE, snapshot.ENDPOINT, frozenset(names))
+    built = resources.build(src, NODE, snapshot.ENDPOINT, frozenset(names))
     assert built is not None
     assert [i.name for i in built[1]] == expected
 
 
 def test_nothing_is_served_before_the_first_listing() -> None:
     src = FakeSource(apps={}, blobs={}, loaded=False)
-    assert xds_server.build(src, NODE, snapshot.CLUSTER, frozenset()) is None
+    assert resources.build(src, NODE, snapshot.CLUSTER, frozenset()) is None
     src.loaded = True
-    assert xds_server.build(src, NODE, snapshot.CLUSTER, frozenset()) == (
+    assert resources.build(src, NODE, snapshot.CLUSTER, frozenset()) == (
         snapshot.version_of([]),
         [],
     )
 
 
 def test_response_bodies_are_shared_and_bounded() -> None:
-    cache = xds_server.ResponseCache(max_entries=2)
-    built = xds_server.build(source(h.Service("one", 1)), NODE, snapshot.CLUSTER, frozenset())
+    cache = resources.ResponseCache(max_entries=2)
+    built = resources.build(source(h.Service("one", 1)), NODE, snapshot.CLUSTER, frozenset())
     assert built is not None
     first = cache.body(snapshot.CLUSTER, built[0], built[1])
     assert cache.body(snapshot.CLUSTER, built[0], built[1]) is first
