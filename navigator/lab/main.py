@@ -410,8 +410,11 @@ class Lab:
             self.start_translator(i)
         for i in range(self.shape.frontends):
             self.start_frontend(i)
-        await self._start_balancers()
         await self.wait_ready([p for p in self.procs if p.ready_url])
+        # NOTE: after every process has bound the port it was given: the fault proxies
+        # listen on port 0 in this process and could otherwise take one of those.
+        await self._start_balancers()
+        await self.wait_ready([p for p in self.procs if p.role == "balancer"])
         self._start_sidecars()
         self._start_gateways()
         await self._wait_sidecars()
