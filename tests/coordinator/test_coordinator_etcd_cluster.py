@@ -67,18 +67,21 @@ async def test_calls_and_watches_on_a_member_passed_over_carry_on_elsewhere(
     ordered = [endpoints[index]] + [e for i, e in enumerate(endpoints) if i != index]
     client = etcd_mod.Etcd(ordered, timeout=1.0, retry_for=10.0)
     try:
-        await client.put("/t/w", b"0")
+        first = await client.put("/t/w", b"0")
         seen: list[bytes | None] = []
-        got = asyncio.Event()
+        opened, got = asyncio.Event(), asyncio.Event()
 
         async def watch() -> None:
-            async for ev in client.watch_prefix("/t/", start_revision=0):
+            async for ev in client.watch_prefix("/t/", start_revision=first):
                 seen.append(ev.value)
+                opened.set()
                 if ev.value == b"after":
                     got.set()
 
         watcher = asyncio.create_task(watch())
-        await asyncio.sleep(0.3)  # NOTE: the watch stream is open on the follower
+        # NOTE: the first event arrived: the watch stream is open, on the follower.
+        async with asyncio.timeout(5):
+            await opened.wait()
         follower.popen.send_signal(signal.SIGSTOP)
         try:
             # Both calls wait on the paused member; the first to time out closes its channel

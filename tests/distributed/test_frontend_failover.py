@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import fault_helpers as f
 from conftest import StartLab
 
@@ -107,6 +108,18 @@ async def steady_traffic(lab: lab_main.Lab, duration: float) -> AsyncIterator[Tr
             out.errors += result["errors"]
 
 
+async def served_requests(admin: str) -> int:
+    """Requests an Envoy has sent to the mesh's services (its own control-plane ones aside)."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session,
+        session.get(f"{admin}/stats?format=json&filter=upstream_rq_total$") as resp,
+    ):
+        doc = await resp.json(content_type=None)
+    return sum(
+        int(st.get("value", 0)) for st in doc.get("stats", []) if "navigator" not in st["name"]
+    )
+
+
 async def resources_sent(lab: lab_main.Lab, frontend: str) -> float:
     http = lab.proc(frontend).extra["http"]
     return sum([await f.metric(http, "navigator_xds_resources_sent_total", type=t) for t in TYPES])
@@ -130,7 +143,12 @@ async def test_killing_the_serving_front_end_moves_its_sidecars_without_a_failed
         sent_before = await resources_sent(lab, survivor)
 
         async with steady_traffic(lab, duration=5.0) as traffic:
-            await asyncio.sleep(1.0)  # NOTE: traffic flowing before the kill
+
+            async def flowing() -> bool:
+                counts = [await served_requests(s["admin"]) for s in lab.sidecars]
+                return min(counts) >= 10
+
+            await f.until(flowing, within=5, what="traffic through every sidecar before the kill")
             os.kill(lab.proc(victim).popen.pid, signal.SIGKILL)
             killed_at = time.monotonic()
 

@@ -189,7 +189,7 @@ async def test_no_front_end_serves_a_torn_snapshot_when_a_translator_dies_mid_pu
                 )
 
             await f.until(lambda: converged(plain), within=20, what="every stream at the start")
-            for n, delay in enumerate((0.05, 0.15, 0.3)):
+            for n in range(3):
                 setting, want = (TRACING, traced) if n % 2 == 0 else (None, plain)
                 victim = lab.proc(
                     await f.until(
@@ -199,7 +199,13 @@ async def test_no_front_end_serves_a_torn_snapshot_when_a_translator_dies_mid_pu
                     )
                 )
                 changed_at = await _set_tracing(etcd, setting)
-                await asyncio.sleep(delay)
+                # NOTE: killed as soon as the publication is seen to have started.
+                await f.until(
+                    lambda c=changed_at: _started(etcd, c),  # type: ignore[misc]
+                    within=10,
+                    what="the publication to start",
+                    every=0.002,
+                )
                 os.kill(victim.popen.pid, signal.SIGKILL)
                 mid_publish += await _partly_published(etcd, changed_at)
                 await f.until(
@@ -221,6 +227,12 @@ async def _set_tracing(etcd: etcd_mod.Etcd, setting: model.Tracing | None) -> in
     if setting is None:
         return await etcd.delete(keys.TRACING)
     return await etcd.put(keys.TRACING, model.encode_tracing(setting))
+
+
+async def _started(etcd: etcd_mod.Etcd, since: int) -> bool:
+    """Some app snapshot was rewritten after ``since``."""
+    listing = await etcd.get_prefix(keys.APP_SNAPSHOTS, keys_only=True)
+    return any(kv.mod_revision > since for kv in listing.items.values())
 
 
 async def _partly_published(etcd: etcd_mod.Etcd, since: int) -> int:
