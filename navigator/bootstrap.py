@@ -85,7 +85,13 @@ def render(
         "node": {
             "id": node_id,
             "cluster": app,
-            "metadata": {"app": app, "k8s_cluster": cluster},
+            # NOTE: "admin" lets `navigator proxy-diff` find the sidecar's admin from its
+            # status record (a loopback address only answers in the pod: port-forward it).
+            "metadata": {
+                "app": app,
+                "k8s_cluster": cluster,
+                "admin": f"{admin_address}:{admin_port}",
+            },
             "locality": locality,
         },
         "dynamic_resources": {

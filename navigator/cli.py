@@ -1,6 +1,7 @@
 """The ``navigator`` command: one entry point for every process and tool of the mesh.
 
-Each subcommand lives in its own module with a ``main(argv) -> int``; this module only picks
+Each subcommand lives in its own module with a ``main(argv) -> int`` (or the function that
+``module:function`` names); this module only picks
 one, importing it lazily so that ``navigator bootstrap`` does not load the gRPC server.
 """
 
@@ -22,7 +23,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "weight": ("navigator.weights", "show or set a cluster's traffic weight (0 drains it)"),
     "tracing": ("navigator.tracing", "show, set or turn off the mesh-wide tracing setting"),
-    "state": ("navigator.state", "show clusters, shards and members, read from etcd alone"),
+    "state": (
+        "navigator.state",
+        "show clusters, services, apps, snapshots, shards, members, diagnostics (from etcd)",
+    ),
+    "proxy-status": (
+        "navigator.proxy:status_main",
+        "every connected sidecar: SYNCED, STALE or NACKED per type",
+    ),
+    "proxy-diff": (
+        "navigator.proxy:diff_main",
+        "a sidecar's live config (its admin) against what etcd says it should hold",
+    ),
     "kube-api": ("navigator.kubeapi.server", "run the local Kubernetes API server"),
 }
 
@@ -55,8 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None:
         print(f"navigator: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(command[0])
-    result: int = module.main(args[1:])
+    module_name, _, function = command[0].partition(":")
+    module = importlib.import_module(module_name)
+    result: int = getattr(module, function or "main")(args[1:])
     return result
 
 

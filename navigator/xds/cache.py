@@ -199,6 +199,17 @@ class SnapshotCache:
     def memo(self) -> dict[Hashable, object]:
         return self._memo
 
+    def load(self, listing: etcd_mod.Listing) -> None:
+        """Takes ``listing`` (of ``keys.SNAPSHOTS``) as the whole state, without a watch: for
+        tools that read etcd once (``navigator state snapshot``, ``navigator proxy-status``)."""
+        self._replace(listing)
+
+    def apps(self) -> list[tuple[str, str]]:
+        """(app, cluster) of every app snapshot held, sorted."""
+        return sorted(
+            (str(app), str(k8s)) for app, k8s in map(keys.parse_app_snapshot_key, self._apps)
+        )
+
     async def wait_loaded(self) -> None:
         await self._loaded_event.wait()
 

@@ -34,6 +34,8 @@ class NodeInfo:
     k8s_cluster: str
     region: str
     zone: str
+    admin: str = ""
+    """``host:port`` of the sidecar's admin, as its bootstrap says (``metadata.admin``)."""
 
     @classmethod
     def from_proto(cls, node: Any) -> NodeInfo:
@@ -52,6 +54,7 @@ class NodeInfo:
             k8s_cluster=k8s_cluster,
             region=node.locality.region,
             zone=node.locality.zone,
+            admin=fields["admin"].string_value if "admin" in fields else "",
         )
 
 
@@ -84,6 +87,30 @@ def desired(
     if found is None:
         found = memo[key] = _named(source, entry, node.zone, type_url, names)
     return typing.cast(Desired, found)
+
+
+def expected(
+    source: cache_mod.ConfigSource, node: NodeInfo, type_url: str
+) -> Desired | None:
+    """``desired`` for a node that subscribes, as Envoy does, to every endpoint assignment its
+    clusters name and every route its listeners name: what ``navigator proxy-status`` and
+    ``proxy-diff`` hold a sidecar's config against."""
+    entry = source.app(node.app, node.k8s_cluster) or source.app(keys.DEFAULT_APP, node.k8s_cluster)
+    names: frozenset[str] = frozenset()
+    if entry is not None and type_url == snapshot.ENDPOINT:
+        names = entry.endpoints
+    elif entry is not None and type_url == snapshot.ROUTE:
+        names = frozenset(entry.of_type(snapshot.ROUTE))
+    return desired(source, node, type_url, names)
+
+
+def body_of(encoded: cache_mod.Encoded) -> bytes:
+    """The serialized resource inside an ``Encoded`` entry (for people and tools, not streams)."""
+    from envoy.service.discovery.v3 import discovery_pb2
+
+    response = discovery_pb2.DiscoveryResponse.FromString(encoded.entry)
+    value: bytes = response.resources[0].value
+    return value
 
 
 def _named(

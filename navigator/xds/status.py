@@ -2,9 +2,10 @@
 
 For every connected sidecar (Envoy node id), the front-end serving it keeps one record under
 ``keys.sidecar_key(front-end, node)``, bound to the front-end's lease: node, app, cluster,
-locality, the front-end, and per type (cds, eds, lds, rds) the version sent, the version
-acknowledged and a rejected version with Envoy's error. A front-end that dies takes its
-records with it when the lease expires; the sidecar's new front-end writes its own.
+locality, the sidecar's admin address, the front-end, and per type (cds, eds, lds, rds) the
+version sent, the version acknowledged and a rejected version with Envoy's error. A
+front-end that dies takes its records with it when the lease expires; the sidecar's new
+front-end writes its own.
 
 Writes are coalesced: changes mark a node dirty and the writer puts what is dirty at most every
 ``interval`` seconds, in batched transactions (``Etcd.apply``), so a push to thousands of
@@ -54,6 +55,7 @@ def encode(frontend: str, node_streams: Iterable[streams.Stream[Any]]) -> bytes:
         "cluster": first.node.k8s_cluster,
         "region": first.node.region,
         "zone": first.node.zone,
+        "admin": first.node.admin,
         "frontend": frontend,
         "variant": first.variant,
         "ads": first.only_type is None,

@@ -32,7 +32,11 @@ def test_cli_output_is_a_valid_envoy_bootstrap(
     assert bootstrap.main(argv) == 0
     text = capsys.readouterr().out
     doc = yaml.safe_load(text) if fmt == "yaml" else json.loads(text)
-    assert doc["node"]["metadata"] == {"app": "shop", "k8s_cluster": "c1"}
+    assert doc["node"]["metadata"] == {
+        "app": "shop",
+        "k8s_cluster": "c1",
+        "admin": "127.0.0.1:19000",
+    }
     assert doc["node"]["cluster"] == "shop"
     xds = doc["static_resources"]["clusters"][0]
     endpoint = xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
