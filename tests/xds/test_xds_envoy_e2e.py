@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from xds_helpers import Backend, StartEnvoy, http_get
 
 from coordinator import etcd as etcd_mod
-from navigator import keys, snapshot
+from navigator import keys, proxy, snapshot
 from navigator.lab import procs
 from navigator.xds import server as xds_server
 from navigator.xds import streams
@@ -114,6 +114,11 @@ async def test_nack_is_recorded_not_resent_and_last_good_config_keeps_serving(
     assert record["nacked"] == nack.rejected_version
     assert record["acked"] == nack.accepted_version
     assert record["error"]
+    # ...and `navigator proxy-status` shows it against the latest snapshot.
+    row = next(r for r in await proxy.status(etcd) if r["node"] == "shop-nacked")
+    assert row["types"]["lds"]["status"] == proxy.NACKED
+    assert row["types"]["lds"]["error"] == record["error"]
+    assert row["types"]["cds"]["status"] == proxy.SYNCED
     lds_sent = _responses("lds")
 
     # The stream keeps working: an endpoint change still moves traffic...
@@ -137,6 +142,10 @@ async def test_nack_is_recorded_not_resent_and_last_good_config_keeps_serving(
         what="the fixed LDS acknowledged, the rejection cleared",
     )
     assert fixed["acked"] == nack.accepted_version
+    row = next(r for r in await proxy.status(etcd) if r["node"] == "shop-nacked")
+    assert {t: v["status"] for t, v in row["types"].items()} == dict.fromkeys(
+        ("cds", "lds", "eds", "rds"), proxy.SYNCED
+    )
 
 
 async def _lds_status(
