@@ -507,7 +507,11 @@ def _parser() -> argparse.ArgumentParser:
     services_p = sub.add_parser(
         "services", parents=[common], help="per cluster: ClusterIP, ports, endpoints by zone"
     )
-    services_p.add_argument("-n", "--namespace", help="only this namespace (default: all)")
+    where = services_p.add_mutually_exclusive_group()
+    where.add_argument("-n", "--namespace", help="only this namespace (default: all)")
+    where.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="every namespace (the default)"
+    )
     services_p.add_argument("--cluster", help="only this cluster (default: all)")
     sub.add_parser("apps", parents=[common], help="shard, leader, Nexus services, snapshots")
     snap = sub.add_parser(

@@ -895,6 +895,14 @@ def instructions(lab: Lab) -> str:
     lines += [
         "  navigator state members    # every process, what it leads (from etcd alone)",
         "  navigator state clusters   # synced, stale, which watcher replica writes each",
+        "  navigator state services   # per cluster: ClusterIP, endpoints by zone",
+        "  navigator proxy-status     # is every sidecar on the latest config?",
+    ]
+    if lab.sidecars:
+        lines.append(
+            f"  navigator proxy-diff {lab.sidecars[0]['node_id']}   # its live config against etcd"
+        )
+    lines += [
         "",
         "Ctrl-C stops everything.",
     ]
