@@ -75,7 +75,7 @@ async def status(etcd: etcd_mod.Etcd) -> list[Row]:
     from navigator.xds import status as status_mod
 
     records = await status_mod.read(etcd)
-    cache = await state._load_snapshots(etcd)
+    cache = await state.load_snapshots(etcd)
     rows = []
     for rec in records:
         node = _node(rec)
@@ -229,7 +229,7 @@ async def diff(
     node, live = live_config(await config_dump(admin, within=within))
     if node.id != node_id:
         raise ProxyError(f"the admin at {admin} belongs to sidecar {node.id!r}, not {node_id!r}")
-    cache = await state._load_snapshots(etcd)
+    cache = await state.load_snapshots(etcd)
     out: Row = {
         "node": node.id,
         "app": node.app,

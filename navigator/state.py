@@ -273,13 +273,20 @@ async def services(
     return rows
 
 
-async def _load_snapshots(etcd: etcd_mod.Etcd) -> Any:
-    """Every stored snapshot, decoded as a front-end holds them (``SnapshotCache``)."""
+async def load_snapshots(etcd: etcd_mod.Etcd, *, endpoints: bool = True) -> Any:
+    """Every stored snapshot, decoded as a front-end holds them (``SnapshotCache``); without
+    ``endpoints``, the app snapshots only (the endpoint assignments are most of the bytes)."""
     # NOTE: imported here so that the other commands do not load the protobuf modules.
     from navigator.xds import cache as cache_mod
 
     cache = cache_mod.SnapshotCache(etcd)
-    cache.load(await etcd.get_prefix(keys.SNAPSHOTS))
+    if endpoints:
+        listing = await etcd.get_prefix(keys.SNAPSHOTS)
+    else:
+        heads = await etcd.get_prefix(keys.APP_SNAPSHOTS)
+        chunks = await etcd.get_prefix(keys.CHUNKS)
+        listing = etcd_mod.Listing(chunks.revision, heads.items | chunks.items)
+    cache.load(listing)
     return cache
 
 
@@ -301,7 +308,7 @@ async def apps(etcd: etcd_mod.Etcd) -> list[Row]:
         nexus_objects[n.app_name].add(f"{n.namespace}/{n.name}@{n.cluster}")
         for ref in n.services:
             nexus[n.app_name].add(f"{ref.namespace}/{ref.name or '*'}")
-    cache = await _load_snapshots(etcd)
+    cache = await load_snapshots(etcd, endpoints=False)
     versions: dict[str, dict[str, str]] = collections.defaultdict(dict)
     for app, k8s in cache.apps():
         versions[app][k8s] = cache.app(app, k8s).snapshot.version
@@ -343,7 +350,7 @@ async def snapshot_of(
     and every resource decoded, exactly as the front-ends compute it."""
     from navigator.xds import resources
 
-    cache = await _load_snapshots(etcd)
+    cache = await load_snapshots(etcd)
     held = [(a, c) for a, c in cache.apps() if a == app]
     if not held:
         known = sorted({a for a, _ in cache.apps()} - {keys.DEFAULT_APP})
