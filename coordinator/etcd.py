@@ -4,12 +4,20 @@ aetcd gives us the etcd v3 stubs and error types but leaves reconnection, retrie
 targets, leases kept alive and watch resumption to its user; this module adds them, and is the
 only place that talks to aetcd.
 
+Client TLS (``Tls``) goes into the same channel constructor: a member is reached over TLS
+when the endpoints are ``https://`` or TLS material is given, in plaintext otherwise.
+
 Exceptions (library errors are wrapped at this boundary)::
 
     EtcdError
-    ├── EtcdUnavailable    no member answered within the retry budget
+    ├── EtcdUnavailable    no member answered within the retry budget (a failed TLS
+    │                      handshake too: its reason is in the message)
     ├── Compacted          a watch asked for a revision etcd has compacted: relist
     └── Deposed            a fenced write was refused: the writer no longer holds its key
+
+Unusable configuration raises ValueError before anything connects: endpoints that are not
+``host:port`` or mix ``http://`` and ``https://``, and TLS material that is not PEM
+(``TlsError``, naming the part).
 """
 
 from __future__ import annotations
@@ -18,14 +26,25 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
+import ssl
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
+
+# NOTE: gRPC's C core writes its own plain-text lines to stderr (at INFO: every failed TLS
+# handshake, once per retry), outside our logs; this module reports those failures itself.
+# It reads GRPC_VERBOSITY once, when grpc is first imported, so the default is set before
+# aetcd imports it; an operator's setting wins, and a process that imported grpc earlier
+# keeps gRPC's own default.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import aetcd
 import aetcd.exceptions
 import aetcd.rpc
+import grpc
 import prometheus_client
 import tenacity
 
@@ -113,23 +132,148 @@ def _closed_channel_is_transient(what: str) -> Iterator[None]:
         raise EtcdUnavailable(f"{what}: its etcd member's channel was closed") from None
 
 
-def parse_endpoints(value: str | Iterable[str]) -> list[str]:
-    """``http://127.0.0.1:2379,127.0.0.2:2379`` → ``["127.0.0.1:2379", "127.0.0.2:2379"]``."""
+TlsPart = Literal["ca", "cert", "key"]
+
+
+class TlsError(ValueError):
+    """TLS material that cannot be used: ``part`` says which (``ca``, ``cert`` or ``key``),
+    ``reason`` why, in a few words."""
+
+    def __init__(self, part: TlsPart, reason: str) -> None:
+        super().__init__(f"etcd TLS {part}: {reason}")
+        self.part: TlsPart = part
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Tls:
+    """Client TLS to etcd, PEM: the CA bundle that signed the members' certificates (None:
+    the system's roots) and this client's certificate and key (both or neither; needed when
+    etcd runs with ``--client-cert-auth``).
+
+    Checked when made, so a wrong file is a one-line error before anything connects rather
+    than a handshake failing on every retry. Read once: a renewed certificate takes a restart.
+    """
+
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = dataclasses.field(default=None, repr=False)
+    """NOTE: kept out of ``repr``, so no log line or traceback shows it."""
+
+    def __post_init__(self) -> None:
+        if self.cert is None and self.key is not None:
+            raise TlsError("key", "a client key needs its certificate")
+        if self.cert is not None and self.key is None:
+            raise TlsError("cert", "a client certificate needs its key")
+        if self.ca is not None:
+            _check_certificates("ca", self.ca)
+        if self.cert is not None:
+            _check_certificates("cert", self.cert)
+        if self.key is not None:
+            _check_key(self.key)
+
+    @classmethod
+    def from_files(
+        cls,
+        *,
+        ca: str | Path | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+    ) -> Tls:
+        """Reads and checks the files, and that the key is the certificate's."""
+        tls = cls(ca=_read("ca", ca), cert=_read("cert", cert), key=_read("key", key))
+        if cert is not None and key is not None:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
+                    cert, key, password=_no_password
+                )
+            except ssl.SSLError as exc:
+                raise TlsError("key", "not the key of the client certificate") from exc
+        return tls
+
+    def credentials(self) -> Any:
+        """gRPC channel credentials (``grpc.ChannelCredentials``)."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
+        )
+
+
+def _read(part: TlsPart, path: str | Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise TlsError(part, f"cannot read it: {exc.strerror or exc}") from exc
+
+
+def _check_certificates(part: TlsPart, pem: bytes) -> None:
+    """Parses ``pem`` as X.509 certificates (loading them as trust anchors parses each)."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
+            cadata=pem.decode("utf-8", errors="replace")
+        )
+    except (ssl.SSLError, ValueError) as exc:
+        raise TlsError(part, "no PEM certificate in it") from exc
+
+
+def _check_key(pem: bytes) -> None:
+    if b"-----BEGIN" not in pem or b"PRIVATE KEY-----" not in pem:
+        raise TlsError("key", "no PEM private key in it")
+    if b"ENCRYPTED" in pem:
+        raise TlsError("key", "encrypted; gRPC takes unencrypted keys only")
+
+
+def _no_password() -> bytes:
+    # NOTE: without a callback OpenSSL would prompt on the terminal for an encrypted key.
+    raise TlsError("key", "encrypted; gRPC takes unencrypted keys only")
+
+
+def _split_endpoints(value: str | Iterable[str]) -> tuple[list[str], str | None]:
+    """(``host:port`` of every endpoint, the scheme given: ``http``, ``https`` or None when
+    every endpoint is a bare ``host:port``). Mixing ``http://`` and ``https://`` is refused."""
     items = value.split(",") if isinstance(value, str) else list(value)
     out: list[str] = []
+    schemes: set[str] = set()
     for raw in items:
         item = raw.strip()
         if not item:
             continue
-        if "://" not in item:
+        if "://" in item:
+            schemes.add(item.partition("://")[0].lower())
+        else:
             item = "http://" + item
         parsed = urllib.parse.urlsplit(item)
+        if parsed.scheme.lower() not in ("http", "https"):
+            raise ValueError(f"etcd endpoint {raw.strip()!r}: the scheme is http or https")
         if not parsed.hostname or not parsed.port:
-            raise ValueError(f"etcd endpoint {raw!r} is not host:port")
+            raise ValueError(f"etcd endpoint {raw.strip()!r} is not host:port")
         out.append(f"{parsed.hostname}:{parsed.port}")
     if not out:
         raise ValueError("no etcd endpoint given")
-    return out
+    if len(schemes) > 1:
+        raise ValueError("etcd endpoints mix http:// and https://: give one scheme for all")
+    return out, next(iter(schemes), None)
+
+
+def parse_endpoints(value: str | Iterable[str]) -> list[str]:
+    """``http://127.0.0.1:2379,127.0.0.2:2379`` → ``["127.0.0.1:2379", "127.0.0.2:2379"]``.
+
+    The scheme is dropped: to reach ``https://`` endpoints over TLS, give ``Etcd`` (or
+    ``member_status``) the URLs themselves, or ``tls``.
+    """
+    return _split_endpoints(value)[0]
+
+
+def _tls_for(scheme: str | None, tls: Tls | None) -> Tls | None:
+    """What the channels use: ``tls`` if given; the system's roots for ``https://``."""
+    if scheme == "http" and tls is not None:
+        raise ValueError(
+            "etcd endpoints are http:// but TLS is configured: give https:// (or host:port)"
+        )
+    if scheme == "https" and tls is None:
+        return Tls()
+    return tls
 
 
 class _Client(aetcd.Client):  # type: ignore[misc]
@@ -143,10 +287,11 @@ class _Client(aetcd.Client):  # type: ignore[misc]
     within about 8 s even when no call fails.
     """
 
-    def __init__(self, endpoint: str, timeout: float) -> None:
+    def __init__(self, endpoint: str, timeout: float, credentials: Any = None) -> None:
         host, _, port = endpoint.rpartition(":")
         super().__init__(host=host, port=int(port), timeout=timeout)
         self._endpoint = endpoint
+        self._credentials = credentials
 
     async def connect(self) -> None:
         if self._connected.is_set():
@@ -161,7 +306,14 @@ class _Client(aetcd.Client):  # type: ignore[misc]
             ("grpc.max_reconnect_backoff_ms", 2_000),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ]
-        self.channel = aetcd.rpc.insecure_channel(self._endpoint, options=options)
+        if self._credentials is None:
+            self.channel = aetcd.rpc.insecure_channel(self._endpoint, options=options)
+        else:
+            # NOTE: the member's certificate is checked against the host of ``endpoint``
+            # (an IP address needs an IP SAN).
+            self.channel = aetcd.rpc.secure_channel(
+                self._endpoint, self._credentials, options=options
+            )
         self.metadata = (("hasleader", "true"),)
         self.kvstub = aetcd.rpc.KVStub(self.channel)
         self.clusterstub = aetcd.rpc.ClusterStub(self.channel)
@@ -180,16 +332,17 @@ MEMBER_COOLDOWN = 5.0
 class _Member:
     """One member's channel, and until when it is passed over after a failure."""
 
-    def __init__(self, endpoint: str, timeout: float) -> None:
+    def __init__(self, endpoint: str, timeout: float, credentials: Any) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
-        self.client = _Client(endpoint, timeout)
+        self.credentials = credentials
+        self.client = _Client(endpoint, timeout, credentials)
         self.down_until = 0.0
 
     def reset(self) -> asyncio.Task[None]:
         """A new channel; the old one is closed, ending every call and watch on it (they are
         retried, or resumed, on the member pinned next)."""
-        old, self.client = self.client, _Client(self.endpoint, self.timeout)
+        old, self.client = self.client, _Client(self.endpoint, self.timeout, self.credentials)
         return asyncio.ensure_future(old.close())
 
 
@@ -253,12 +406,28 @@ class ProgressRequests:
 
 
 class Etcd:
-    """A connection to an etcd cluster; every call retries transient errors with backoff."""
+    """A connection to an etcd cluster; every call retries transient errors with backoff.
 
-    def __init__(self, endpoints: list[str], *, timeout: float = 5.0, retry_for: float = 30.0):
-        self.endpoints = endpoints
+    ``endpoints`` are ``host:port`` or URLs (see ``parse_endpoints``). The channels speak TLS
+    when ``tls`` is given or the endpoints are ``https://`` (then, without ``tls``, the
+    member's certificate is checked against the system's roots); ``http://`` endpoints with
+    ``tls`` are a ValueError. Nothing connects before the first call.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Iterable[str],
+        *,
+        tls: Tls | None = None,
+        timeout: float = 5.0,
+        retry_for: float = 30.0,
+    ):
+        addresses, scheme = _split_endpoints(endpoints)
+        self.endpoints = addresses
+        self.tls = _tls_for(scheme, tls)
         self.timeout = timeout
-        self._members = [_Member(e, timeout) for e in endpoints]
+        credentials = None if self.tls is None else self.tls.credentials()
+        self._members = [_Member(e, timeout, credentials) for e in addresses]
         self._pinned = 0
         self._closing: set[asyncio.Task[None]] = set()
         self._retry_for = retry_for
@@ -352,6 +521,8 @@ class Etcd:
             raise EtcdUnavailable(
                 f"etcd {','.join(self.endpoints)} unavailable: {exc or type(exc).__name__}"
             ) from exc
+        except aetcd.exceptions.ClientError as exc:
+            raise EtcdError(f"etcd refused {method}: {exc or type(exc).__name__}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _kv(self, method: str, request: Any, retry_for: float | None = None) -> Any:
@@ -520,9 +691,9 @@ class Etcd:
         """Ends ``lease`` now: every key under it is deleted. A lease already gone is fine."""
         try:
             await self._rpc("leasestub", "LeaseRevoke", aetcd.rpc.LeaseRevokeRequest(ID=lease), 2.0)
-        except aetcd.exceptions.ClientError as exc:
-            if "not found" not in str(exc):
-                raise EtcdError(f"lease revoke failed: {exc}") from exc
+        except EtcdError as exc:
+            if isinstance(exc, EtcdUnavailable) or "not found" not in str(exc):
+                raise
 
     # --- watches --------------------------------------------------------------------------
 
@@ -660,9 +831,16 @@ class MemberStatus:
         return self.member_id == self.leader_id != 0
 
 
-async def member_status(endpoint: str, *, within: float = 2.0) -> MemberStatus:
-    """What one member (``host:port``) says of itself; raises EtcdUnavailable if it is silent."""
-    client = _Client(endpoint, within)
+async def member_status(
+    endpoint: str, *, within: float = 2.0, tls: Tls | None = None
+) -> MemberStatus:
+    """What one member (``host:port`` or a URL) says of itself; raises EtcdUnavailable if it
+    is silent. ``tls`` as for ``Etcd``."""
+    addresses, scheme = _split_endpoints([endpoint])
+    if len(addresses) != 1:
+        raise ValueError(f"one etcd member, not {endpoint!r}")
+    tls = _tls_for(scheme, tls)
+    client = _Client(addresses[0], within, None if tls is None else tls.credentials())
     try:
         await client.connect()
         resp = await client.maintenancestub.Status(

@@ -1,7 +1,8 @@
 """What makes every long-running Navigator command behave like a server.
 
 Structured JSON logs on stderr, an HTTP endpoint with ``/healthz``, ``/readyz`` and Prometheus
-``/metrics``, and a clean stop on SIGTERM/SIGINT. Commands build on ``serve_forever``.
+``/metrics``, and a clean stop on SIGTERM/SIGINT. Commands build on ``serve_forever``. Also
+the etcd options every command shares (``--etcd`` and its TLS files) and the client they make.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import prometheus_client
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from coordinator import etcd as etcd_mod
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
 
@@ -28,12 +32,84 @@ DEFAULT_ETCD = "http://127.0.0.1:2379"
 
 
 def add_etcd_argument(parser: argparse.ArgumentParser) -> None:
-    """``--etcd``, the same on every command that talks to etcd."""
+    """``--etcd`` and its TLS files, the same on every command that talks to etcd; the
+    client is ``etcd_client(args)``."""
     parser.add_argument(
         "--etcd",
         default=os.environ.get("NAVIGATOR_ETCD", DEFAULT_ETCD),
-        help="etcd endpoints, comma-separated (default: $NAVIGATOR_ETCD or %(default)s)",
+        help="etcd endpoints, comma-separated; https:// for TLS (default: $NAVIGATOR_ETCD or "
+        "%(default)s)",
     )
+    parser.add_argument(
+        "--etcd-ca",
+        metavar="FILE",
+        default=os.environ.get("NAVIGATOR_ETCD_CA") or None,
+        help="PEM CA bundle that signed etcd's certificates; turns TLS on (https:// "
+        "endpoints without it use the system's roots) (default: $NAVIGATOR_ETCD_CA)",
+    )
+    parser.add_argument(
+        "--etcd-cert",
+        metavar="FILE",
+        default=os.environ.get("NAVIGATOR_ETCD_CERT") or None,
+        help="PEM client certificate for etcd, with --etcd-key; turns TLS on "
+        "(default: $NAVIGATOR_ETCD_CERT)",
+    )
+    parser.add_argument(
+        "--etcd-key",
+        metavar="FILE",
+        default=os.environ.get("NAVIGATOR_ETCD_KEY") or None,
+        help="PEM private key of --etcd-cert, unencrypted (default: $NAVIGATOR_ETCD_KEY)",
+    )
+
+
+def etcd_client(
+    args: argparse.Namespace, *, timeout: float = 5.0, retry_for: float = 30.0
+) -> etcd_mod.Etcd:
+    """The etcd client of ``add_etcd_argument``'s options; TLS when a file is given or the
+    endpoints are https://. Connects on its first call (make it anywhere, use it on the loop).
+
+    Raises ValueError, one line naming the option, for endpoints it cannot use, a file that
+    is missing, unreadable or not PEM, a key that is not the certificate's, and a certificate
+    without its key or the reverse.
+    """
+    # NOTE: imported here, not at the top: coordinator.etcd loads gRPC, and this module is
+    # also the runtime of processes that never talk to etcd (the lab's backends, one per
+    # pod, and the local Kubernetes API server).
+    from coordinator import etcd as etcd_mod
+
+    files = {
+        "ca": args.etcd_ca or None,
+        "cert": args.etcd_cert or None,
+        "key": args.etcd_key or None,
+    }
+    if files["cert"] and not files["key"]:
+        raise ValueError("--etcd-cert needs --etcd-key (or $NAVIGATOR_ETCD_KEY)")
+    if files["key"] and not files["cert"]:
+        raise ValueError("--etcd-key needs --etcd-cert (or $NAVIGATOR_ETCD_CERT)")
+    tls = None
+    if any(files.values()):
+        try:
+            tls = etcd_mod.Tls.from_files(**files)
+        except etcd_mod.TlsError as exc:
+            raise ValueError(f"--etcd-{exc.part} {files[exc.part]}: {exc.reason}") from exc
+    try:
+        return etcd_mod.Etcd(args.etcd, tls=tls, timeout=timeout, retry_for=retry_for)
+    except ValueError as exc:
+        raise ValueError(f"--etcd {args.etcd}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def quiet_etcd_retries() -> Iterator[None]:
+    """For one-shot commands: the etcd client's retry warnings stay quiet while the block
+    runs, so a failure is reported once, in the command's one line, when it gives up."""
+    from coordinator import etcd as etcd_mod
+
+    level = etcd_mod.log.level
+    etcd_mod.log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        etcd_mod.log.setLevel(level)
 
 
 def add_member_arguments(parser: argparse.ArgumentParser, *, lease_help: str = "") -> None:

@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    async with etcd_mod.Etcd(etcd_mod.parse_endpoints(args.etcd), retry_for=5.0) as etcd:
+    async with runtime.etcd_client(args, retry_for=5.0) as etcd:
         if args.provider is None:
             kv = await etcd.get(keys.TRACING)
             print(json.dumps(None if kv is None else json.loads(kv.value)))
@@ -66,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except model.DecodeError as exc:
             parser.error(str(exc))
     try:
-        return asyncio.run(_run(args))
-    except etcd_mod.EtcdError as exc:
+        with runtime.quiet_etcd_retries():
+            return asyncio.run(_run(args))
+    except (etcd_mod.EtcdError, ValueError) as exc:
         print(f"navigator tracing: {exc}", file=sys.stderr)
         return 1

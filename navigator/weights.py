@@ -54,7 +54,7 @@ async def _weights(etcd: etcd_mod.Etcd) -> dict[str, int]:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    async with etcd_mod.Etcd(etcd_mod.parse_endpoints(args.etcd), retry_for=5.0) as etcd:
+    async with runtime.etcd_client(args, retry_for=5.0) as etcd:
         if args.cluster is None:
             weights = await _weights(etcd)
             if args.output == "json":
@@ -91,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.weight is not None and not 0 <= args.weight <= model.MAX_WEIGHT:
         parser.error(f"WEIGHT is 0 (drained) to {model.MAX_WEIGHT}")
     try:
-        return asyncio.run(_run(args))
+        with runtime.quiet_etcd_retries():
+            return asyncio.run(_run(args))
     except (etcd_mod.EtcdError, ValueError) as exc:
         print(f"navigator weight: {exc}", file=sys.stderr)
         return 1

@@ -1220,9 +1220,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = parse_args(argv)
     runtime.setup_logging(args.log_level, component="translator")
     try:
-        endpoints = etcd_mod.parse_endpoints(args.etcd)
+        etcd_client = runtime.etcd_client(args)
     except ValueError as exc:
-        log.error(f"navigator translator: --etcd: {exc}")
+        log.error(f"navigator translator: {exc}")
         return 2
     if args.shards < 1 or args.lease_ttl < 2:
         log.error("navigator translator: --shards must be >= 1 and --lease-ttl >= 2")
@@ -1234,7 +1234,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             bind_to_port=not args.no_bind_to_port, health_port=args.health_port
         )
         async with (
-            etcd_mod.Etcd(endpoints) as client,
+            etcd_client as client,
             runtime.http_server(args.http, health) as addr,
         ):
             log.info("translator started", extra={"etcd": args.etcd, "http": addr, "id": args.id})

@@ -3,11 +3,11 @@
 Why ``kubernetes.aio`` and no thread: the installed ``kubernetes`` (37) ships an asyncio
 client, so every kind's list/watch loop is a task on the process's one event loop. Stopping is
 a task cancellation that closes the HTTP stream at once; there is no blocking call to wait out
-and no thread to leak. We use the official client for what makes it official (kubeconfig
-loading, auth, TLS, the aiohttp session) and read the watch stream ourselves rather than
-through ``kubernetes.aio.watch.Watch``: that helper deserializes into snake_case models (the
-converter wants the API's camelCase JSON), and silently retries a 410 once before raising it,
-while an informer must relist on the first 410 and diff.
+and no thread to leak. We use the official client for what makes it official (kubeconfig and
+in-cluster configuration, auth, TLS, the aiohttp session) and read the watch stream ourselves
+rather than through ``kubernetes.aio.watch.Watch``: that helper deserializes into snake_case
+models (the converter wants the API's camelCase JSON), and silently retries a 410 once before
+raising it, while an informer must relist on the first 410 and diff.
 
 The loop for each kind (like client-go's reflector):
 
@@ -34,6 +34,8 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ from typing import Any
 import aiohttp
 import tenacity
 from kubernetes.aio import client as kclient
-from kubernetes.aio.config import kube_config
+from kubernetes.aio.config import config_exception, incluster_config, kube_config
 
 from navigator import keys, model
 from navigator.watcher import convert, metrics, store
@@ -74,7 +76,49 @@ class ApiFailure(KubeError):
 
 
 class KubeConfigError(KubeError):
-    """The kubeconfig cannot be read or lacks the context; the message is one line."""
+    """The kubeconfig (or the pod's service account) cannot be read or lacks the context;
+    the message is one line."""
+
+
+SERVICE_ACCOUNT_TOKEN = incluster_config.SERVICE_TOKEN_FILENAME
+SERVICE_ACCOUNT_CA = incluster_config.SERVICE_CERT_FILENAME
+
+
+def in_cluster_available(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether this process runs in a pod: Kubernetes sets these for every container."""
+    return bool(
+        environ.get(incluster_config.SERVICE_HOST_ENV_NAME)
+        and environ.get(incluster_config.SERVICE_PORT_ENV_NAME)
+    )
+
+
+def in_cluster_configuration(
+    *,
+    token_file: str | Path = SERVICE_ACCOUNT_TOKEN,
+    ca_file: str | Path = SERVICE_ACCOUNT_CA,
+    environ: Mapping[str, str] = os.environ,
+) -> kclient.Configuration:
+    """The pod's service account: the API server at ``https://$KUBERNETES_SERVICE_HOST:
+    $KUBERNETES_SERVICE_PORT``, checked against ``ca_file``, with the bearer token of
+    ``token_file``. Raises KubeConfigError (one line) when they are missing or empty.
+
+    NOTE: the client's own in-cluster loader, with its token refresh on: before a request
+    it reads ``token_file`` again once a minute has passed since the last read (its
+    ``refresh_api_key_hook``), so the projected token, which the kubelet rotates in place,
+    never goes stale. The CA is read when the client is made.
+    """
+    configuration = kclient.Configuration()
+    try:
+        incluster_config.InClusterConfigLoader(  # type: ignore[no-untyped-call]
+            token_filename=str(token_file),
+            cert_filename=str(ca_file),
+            try_refresh_token=True,
+            environ=environ,
+        ).load_and_set(configuration)
+    except (config_exception.ConfigException, OSError) as exc:
+        reason = (str(exc) or type(exc).__name__).strip().splitlines()[0]
+        raise KubeConfigError(f"in-cluster configuration: {reason}") from exc
+    return configuration
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -138,6 +182,26 @@ class KubeApi:
             reason = (str(exc) or type(exc).__name__).strip().splitlines()[0]
             raise KubeConfigError(f"kubeconfig {path}: {reason}") from exc
         return cls(kclient.ApiClient(configuration))
+
+    @classmethod
+    def in_cluster(
+        cls,
+        *,
+        token_file: str | Path = SERVICE_ACCOUNT_TOKEN,
+        ca_file: str | Path = SERVICE_ACCOUNT_CA,
+        environ: Mapping[str, str] = os.environ,
+    ) -> KubeApi:
+        """The API server of the pod this runs in (``in_cluster_configuration``); raises
+        KubeConfigError (one line) also when the CA is not PEM."""
+        configuration = in_cluster_configuration(
+            token_file=token_file, ca_file=ca_file, environ=environ
+        )
+        try:
+            # NOTE: the client loads the CA here, into its TLS context.
+            api_client = kclient.ApiClient(configuration)
+        except (ssl.SSLError, OSError) as exc:
+            raise KubeConfigError(f"in-cluster configuration: CA {ca_file}: {exc}") from exc
+        return cls(api_client)
 
     async def close(self) -> None:
         await self._client.close()  # type: ignore[no-untyped-call]

@@ -1,9 +1,10 @@
 """``navigator watcher``: one Kubernetes cluster's objects, normalized, into etcd.
 
-Wires the pieces together: a ``KubeApi`` from a kubeconfig, one ``Informer`` per kind, one
-``SyncStore`` for the cluster, the cluster's leader election (run any number of replicas per
-cluster: one writes, the others stay warm), and the server behaviour every component shares
-(``navigator.runtime``: JSON logs, /healthz, /readyz, /metrics, SIGTERM).
+Wires the pieces together: a ``KubeApi`` from a kubeconfig (or, in a pod, from its service
+account), one ``Informer`` per kind, one ``SyncStore`` for the cluster, the cluster's leader
+election (run any number of replicas per cluster: one writes, the others stay warm), and the
+server behaviour every component shares (``navigator.runtime``: JSON logs, /healthz, /readyz,
+/metrics, SIGTERM).
 
 The watcher itself (``runner.run_watcher``) is shared with the lab and the tests.
 """
@@ -32,7 +33,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Watch one Kubernetes cluster and write its normalized state to etcd.",
     )
     parser.add_argument("--cluster", required=True, help="the cluster's name in the mesh")
-    parser.add_argument("--kubeconfig", required=True, help="path of the kubeconfig")
+    parser.add_argument(
+        "--kubeconfig",
+        help="path of the kubeconfig (default, in a pod: its service account, "
+        f"{informer.SERVICE_ACCOUNT_TOKEN} and the CA beside it)",
+    )
     parser.add_argument("--context", help="kubeconfig context (default: the cluster name)")
     runtime.add_etcd_argument(parser)
     parser.add_argument("--http", default="127.0.0.1:0", help="health/metrics address host:port")
@@ -45,10 +50,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.kubeconfig is None:
+        if not informer.in_cluster_available():
+            print(
+                f"{PROG}: give --kubeconfig, or run in a pod "
+                "($KUBERNETES_SERVICE_HOST and $KUBERNETES_SERVICE_PORT are not set)",
+                file=sys.stderr,
+            )
+            return 2
+        if args.context is not None:
+            print(f"{PROG}: --context needs --kubeconfig", file=sys.stderr)
+            return 2
     try:
-        endpoints = etcd_mod.parse_endpoints(args.etcd)
+        etcd_client = runtime.etcd_client(args, retry_for=10.0)
     except ValueError as exc:
-        print(f"{PROG}: --etcd: {exc}", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     runtime.setup_logging(args.log_level, component="watcher")
 
@@ -59,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     async def serve(stop: asyncio.Event) -> int:
         health = runtime.Health()
         async with contextlib.AsyncExitStack() as stack:
-            client = await stack.enter_async_context(etcd_mod.Etcd(endpoints, retry_for=10.0))
+            client = await stack.enter_async_context(etcd_client)
             bound = await stack.enter_async_context(runtime.http_server(args.http, health))
             try:
                 w = await stack.enter_async_context(

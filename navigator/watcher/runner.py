@@ -96,7 +96,7 @@ async def _as_replica(
 async def run_watcher(
     *,
     cluster: str,
-    kube_config: str | Path,
+    kube_config: str | Path | None,
     etcd: etcd_mod.Etcd,
     context: str | None = None,
     resources: Sequence[informer.Resource] = informer.RESOURCES,
@@ -109,11 +109,15 @@ async def run_watcher(
     """Runs a watcher for ``cluster`` until the block exits; every task is ended on exit.
 
     ``context`` defaults to the cluster name (the lab names kubeconfig contexts after their
-    clusters). Raises ``informer.KubeConfigError`` before starting anything if the
-    kubeconfig is unusable.
+    clusters). Without ``kube_config`` the watcher uses the service account of the pod it
+    runs in (``informer.KubeApi.in_cluster``; ``context`` is then unused). Raises
+    ``informer.KubeConfigError`` before starting anything if the configuration is unusable.
     """
     name = model.ClusterName(cluster)
-    api = await informer.KubeApi.from_kubeconfig(kube_config, context or cluster)
+    if kube_config is None:
+        api = informer.KubeApi.in_cluster()
+    else:
+        api = await informer.KubeApi.from_kubeconfig(kube_config, context or cluster)
     sync = store.SyncStore(
         cluster=name,
         etcd=etcd,

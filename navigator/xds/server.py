@@ -365,17 +365,17 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     runtime.setup_logging(args.log_level, component="xds")
     try:
-        endpoints = etcd_mod.parse_endpoints(args.etcd)
+        # NOTE: a short retry budget so an unreachable etcd is reported within seconds;
+        # the cache keeps retrying (not ready) instead of exiting.
+        etcd_client = runtime.etcd_client(args, retry_for=5.0)
     except ValueError as exc:
-        log.error("bad --etcd", extra={"error": str(exc)})
+        log.error("bad etcd options", extra={"error": str(exc)})
         return 2
 
     async def amain(stop: asyncio.Event) -> int:
         health = runtime.Health()
-        # NOTE: a short retry budget so an unreachable etcd is reported within seconds;
-        # the cache keeps retrying (not ready) instead of exiting.
         async with (
-            etcd_mod.Etcd(endpoints, retry_for=5.0) as etcd,
+            etcd_client as etcd,
             runtime.http_server(args.http, health) as http_address,
         ):
             member = membership.Member(
