@@ -36,7 +36,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from navigator import bootstrap
+from navigator import bootstrap, envoy_extras
 
 XDS_CLUSTER = "navigator-frontends"
 HEALTH_CLUSTER = "navigator-frontends-http"
@@ -298,6 +298,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--health-interval", type=float, default=1.0, help="/readyz check interval, s"
     )
+    parser.add_argument(
+        "--stats", metavar="HOST:PORT", help="serve /metrics and /ready here (not the admin)"
+    )
     parser.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     return parser
 
@@ -317,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
             keepalive_timeout=args.keepalive_timeout,
             health_interval=args.health_interval,
         )
-    except ConfigError as exc:
+        if args.stats:
+            envoy_extras.add_stats(doc, *envoy_extras.parse_host_port(args.stats))
+    except (ConfigError, envoy_extras.ExtrasError) as exc:
         print(f"navigator balancer-config: {exc}", file=sys.stderr)
         return 2
     bootstrap.emit(doc, args.output)

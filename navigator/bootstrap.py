@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from navigator import envoy_extras
+
 XDS_CLUSTER = "navigator-xds"
 DEFAULT_XDS_PORT = 18000
 HOST_IP_ENV = "HOST_IP"
@@ -204,6 +206,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--admin-address", default="127.0.0.1")
     parser.add_argument("--admin-port", type=int, default=19000)
+    parser.add_argument(
+        "--outbound-port",
+        type=int,
+        help="port of the virtual outbound listener (127.0.0.1) the pod's iptables redirect "
+        "sends the ClusterIP ranges to; with --service-cidrs",
+    )
+    parser.add_argument(
+        "--service-cidrs", default="", help="the redirected ClusterIP ranges, comma-separated"
+    )
+    parser.add_argument(
+        "--stats", metavar="HOST:PORT", help="serve /metrics and /ready here (not the admin)"
+    )
     parser.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     args = parser.parse_args(argv)
     xds_host, xds_port = args.xds or (None, DEFAULT_XDS_PORT)
@@ -222,7 +236,16 @@ def main(argv: list[str] | None = None) -> int:
             control_plane_health_port=args.control_plane_health_port,
             delta=args.delta,
         )
-    except BootstrapError as exc:
+        if args.outbound_port is not None:
+            if not 0 < args.outbound_port < 65536:
+                raise BootstrapError(f"--outbound-port {args.outbound_port} is not 1-65535")
+            cidrs = envoy_extras.parse_cidrs(args.service_cidrs)
+            envoy_extras.add_outbound(doc, args.outbound_port, cidrs)
+        elif args.service_cidrs:
+            raise BootstrapError("--service-cidrs needs --outbound-port")
+        if args.stats:
+            envoy_extras.add_stats(doc, *envoy_extras.parse_host_port(args.stats))
+    except (BootstrapError, envoy_extras.ExtrasError) as exc:
         print(f"navigator bootstrap: {exc}", file=sys.stderr)
         return 2
     emit(doc, args.output)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 from xds_helpers import envoy_path
 
-from navigator import balancer, bootstrap
+from navigator import balancer, bootstrap, envoy_extras
+from navigator.lab import procs
+from navigator.xds import server as xds_server
 
 
 def _validate(path: Path) -> None:
@@ -125,3 +130,51 @@ def test_balancer_config_refuses_bad_input_in_one_line(
     err = capsys.readouterr().err
     assert error in err
     assert len(err.strip().splitlines()) == 1
+
+
+async def test_stats_listener_serves_metrics_and_ready_but_not_the_admin(
+    tmp_path: Path, xds: xds_server.Handle
+) -> None:
+    stats, admin = procs.free_port(), procs.free_port()
+    path = tmp_path / "bootstrap.json"
+    doc = bootstrap.render(
+        node_id="shop-1",
+        app="shop",
+        cluster="c1",
+        zone="z1",
+        xds_host="127.0.0.1",
+        xds_port=xds.port,
+        admin_port=admin,
+    )
+    envoy_extras.add_stats(doc, "127.0.0.1", stats)
+    path.write_text(json.dumps(doc))
+    envoy = await asyncio.to_thread(
+        subprocess.Popen,
+        [str(envoy_path()), "-c", str(path), "-l", "error", "--base-id", str(stats)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def get(url: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def check() -> None:
+        # NOTE: static listeners open once Envoy has its first config from the front-end.
+        procs.wait_tcp("127.0.0.1", stats, timeout=30)
+        status, text = get(f"http://127.0.0.1:{stats}/metrics")
+        assert status == 200
+        assert "envoy_server_uptime" in text
+        assert get(f"http://127.0.0.1:{stats}/ready") == (200, "LIVE\n")
+        # Nothing else of the admin is reachable there (it could drain or stop Envoy).
+        assert get(f"http://127.0.0.1:{stats}/quitquitquit")[0] == 404
+        assert envoy.poll() is None
+
+    try:
+        await asyncio.to_thread(check)
+    finally:
+        envoy.terminate()
+        await asyncio.to_thread(envoy.wait, 20)
