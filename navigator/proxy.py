@@ -33,7 +33,7 @@ import tenacity
 import yaml
 
 from coordinator import etcd as etcd_mod
-from navigator import snapshot, state
+from navigator import runtime, snapshot, state
 from navigator.xds import resources
 
 Row = dict[str, Any]
@@ -313,13 +313,11 @@ def status_main(argv: Sequence[str] | None = None) -> int:
     args = _status_parser().parse_args(argv)
 
     async def run() -> list[Row]:
-        async with etcd_mod.Etcd(
-            etcd_mod.parse_endpoints(args.etcd), timeout=2.0, retry_for=3.0
-        ) as etcd:
+        async with state.connect(args) as etcd:
             return await status(etcd)
 
     try:
-        with state.quiet():
+        with runtime.quiet_etcd_retries():
             rows = asyncio.run(run())
     except (etcd_mod.EtcdError, ValueError) as exc:
         print(f"navigator proxy-status: {state.one_line(exc)}", file=sys.stderr)
@@ -382,13 +380,11 @@ def diff_main(argv: Sequence[str] | None = None) -> int:
     args = _diff_parser().parse_args(argv)
 
     async def run() -> Row:
-        async with etcd_mod.Etcd(
-            etcd_mod.parse_endpoints(args.etcd), timeout=2.0, retry_for=3.0
-        ) as etcd:
+        async with state.connect(args) as etcd:
             return await diff(etcd, args.node, admin=args.admin, within=args.timeout)
 
     try:
-        with state.quiet():
+        with runtime.quiet_etcd_retries():
             doc = asyncio.run(run())
     except (etcd_mod.EtcdError, ProxyError, ValueError) as exc:
         print(f"navigator proxy-diff: {state.one_line(exc)}", file=sys.stderr)

@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import json
-import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import yaml
@@ -547,9 +545,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace) -> str:
-    async with etcd_mod.Etcd(
-        etcd_mod.parse_endpoints(args.etcd), timeout=2.0, retry_for=3.0
-    ) as etcd:
+    async with connect(args) as etcd:
         if args.what == "snapshot":
             doc = await snapshot_of(
                 etcd,
@@ -586,21 +582,15 @@ async def _run(args: argparse.Namespace) -> str:
     )
 
 
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Inspection commands say what failed in one line: retry warnings are not shown."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
+def connect(args: argparse.Namespace) -> etcd_mod.Etcd:
+    """The inspection commands' etcd client: they answer, or say etcd is down, within ~3 s."""
+    return runtime.etcd_client(args, timeout=2.0, retry_for=3.0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        with quiet():
+        with runtime.quiet_etcd_retries():
             out = asyncio.run(_run(args))
     except (etcd_mod.EtcdError, StateError, ValueError) as exc:
         print(f"navigator state: {one_line(exc)}", file=sys.stderr)

@@ -185,3 +185,14 @@ def test_admin_that_is_not_an_envoy(etcd_url: str) -> None:
 )
 def test_type_status(held: dict[str, str] | None, expected: str) -> None:
     assert proxy.type_status("v2", held) == expected
+
+
+def test_bad_etcd_tls_options_are_one_line(tmp_path: Any) -> None:
+    cert = tmp_path / "client.crt"
+    cert.write_text("not a certificate\n")
+    rc, _, err = _run("state", "clusters", "--etcd", UNREACHABLE, "--etcd-cert", str(cert))
+    assert rc == 1
+    assert "--etcd-cert needs --etcd-key" in _one_line(err)
+    rc, _, err = _run("proxy-status", "--etcd", UNREACHABLE, "--etcd-ca", str(tmp_path / "nope"))
+    assert rc == 1
+    assert f"--etcd-ca {tmp_path / 'nope'}: cannot read it" in _one_line(err)
