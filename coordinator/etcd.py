@@ -106,6 +106,27 @@ class Fence:
     token: int
 
 
+MAX_RECEIVE = 64 * 1024 * 1024
+"""The largest answer a channel takes; listings are paged (``Etcd.get_prefix``) to stay below."""
+
+PAGE_FIRST = 100
+"""Keys in a listing's first page: at most 50 MiB of snapshot parts (512 KiB each)."""
+PAGE_BYTES = 8 * 1024 * 1024
+"""What later pages aim at: their key count follows the sizes seen so far."""
+PAGE_MAX = 20_000
+
+
+def _too_large(exc: BaseException) -> bool:
+    """An answer refused for its size (gRPC RESOURCE_EXHAUSTED), under our wrapping."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        code = getattr(seen, "code", None)
+        if callable(code) and code() == aetcd.rpc.StatusCode.RESOURCE_EXHAUSTED:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "larger than max" in str(exc)
+
+
 _TRANSIENT = (
     aetcd.exceptions.ConnectionFailedError,
     aetcd.exceptions.ConnectionTimeoutError,
@@ -304,7 +325,7 @@ class _Client(aetcd.Client):  # type: ignore[misc]
             ("grpc.http2.ping_timeout_ms", 2_000),
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 2_000),
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_receive_message_length", MAX_RECEIVE),
         ]
         if self._credentials is None:
             self.channel = aetcd.rpc.insecure_channel(self._endpoint, options=options)
@@ -540,13 +561,50 @@ class Etcd:
         return _kv_of(resp.kvs[0]) if resp.kvs else None
 
     async def get_prefix(self, prefix: str, *, keys_only: bool = False) -> Listing:
-        """Every key under ``prefix`` with the revision the listing was taken at."""
-        req = aetcd.rpc.RangeRequest(
-            key=prefix.encode(), range_end=keys.prefix_range_end(prefix), keys_only=keys_only
-        )
-        resp = await self._kv("Range", req)
-        items = {kv.key.decode(): _kv_of(kv) for kv in resp.kvs}
-        return Listing(revision=resp.header.revision, items=items)
+        """Every key under ``prefix`` with the revision the listing was taken at.
+
+        NOTE: read in pages, every page at the first one's revision, so the listing is one
+        consistent cut however large (a mesh's snapshots are more than the 64 MiB a gRPC
+        answer may carry). Page sizes follow the value sizes seen; a page refused for its
+        size is asked again at half. A compaction between pages starts the listing over.
+        """
+        for attempt in range(3):
+            try:
+                return await self._list_pages(prefix, keys_only)
+            except Compacted:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _list_pages(self, prefix: str, keys_only: bool) -> Listing:
+        start, end = prefix.encode(), keys.prefix_range_end(prefix)
+        revision = 0
+        limit = PAGE_FIRST
+        items: dict[str, KeyValue] = {}
+        size = 0
+        while True:
+            req = aetcd.rpc.RangeRequest(
+                key=start, range_end=end, keys_only=keys_only, limit=limit, revision=revision
+            )
+            try:
+                resp = await self._kv("Range", req)
+            except EtcdError as exc:
+                if _too_large(exc) and limit > 1:
+                    limit = max(1, limit // 2)
+                    continue
+                if revision and "compacted" in str(exc):
+                    raise Compacted(revision) from exc
+                raise
+            if not revision:
+                revision = int(resp.header.revision)
+            for kv in resp.kvs:
+                items[kv.key.decode()] = _kv_of(kv)
+                size += len(kv.key) + len(kv.value)
+            if not resp.more or not resp.kvs:
+                return Listing(revision=revision, items=items)
+            start = resp.kvs[-1].key + b"\0"
+            average = max(1, size // len(items))
+            limit = max(1, min(PAGE_MAX, PAGE_BYTES // average))
 
     async def latest_mod_revision(self, prefix: str) -> tuple[int, int]:
         """(the newest mod revision of a key under ``prefix`` or 0, the current revision)."""

@@ -52,3 +52,63 @@ async def test_unreachable_etcd_raises_a_clear_error() -> None:
             await client.get_prefix("/x/")
     finally:
         await client.close()
+
+
+def _ranges_then(etcd: etcd_mod.Etcd, after_first: object) -> list[int]:
+    """Wraps ``etcd._kv``: once the first Range of a listing answered, runs ``after_first``."""
+    calls: list[int] = []
+    real = etcd._kv
+
+    async def kv(method: str, request: object, retry_for: float | None = None) -> object:
+        resp = await real(method, request, retry_for)
+        if method == "Range":
+            calls.append(int(getattr(request, "revision", 0)))
+            if len(calls) == 1:
+                await after_first()  # type: ignore[operator]
+        return resp
+
+    etcd._kv = kv  # type: ignore[method-assign]
+    return calls
+
+
+async def test_a_listing_in_pages_is_one_consistent_cut(etcd: etcd_mod.Etcd) -> None:
+    before = {f"/p/k{i:04d}": b"v1" for i in range(250)}
+    await etcd.apply(puts=before)
+
+    async def overwrite() -> None:
+        await etcd.apply(puts=dict.fromkeys(before, b"v2") | {"/p/new": b"x"})
+
+    calls = _ranges_then(etcd, overwrite)
+    listing = await etcd.get_prefix("/p/")
+    assert len(calls) >= 2, "the listing took one page"
+    # Every page after the first asked for the first one's revision: nothing written since.
+    assert set(calls[1:]) == {listing.revision}
+    assert {k: kv.value for k, kv in listing.items.items()} == before
+
+
+async def test_a_compaction_between_pages_starts_the_listing_over(
+    etcd: etcd_mod.Etcd,
+) -> None:
+    await etcd.apply(puts={f"/q/k{i:04d}": b"v" for i in range(250)})
+
+    async def compact() -> None:
+        await etcd.put("/q/late", b"x")
+        await etcd.compact((await etcd.get_prefix("/none/")).revision)
+
+    _ranges_then(etcd, compact)
+    listing = await etcd.get_prefix("/q/")
+    assert len(listing.items) == 251
+    assert listing.items["/q/late"].value == b"x"
+
+
+async def test_pages_refused_for_their_size_are_asked_again_smaller(
+    etcd_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(etcd_mod, "MAX_RECEIVE", 256 * 1024)
+    monkeypatch.setattr(etcd_mod, "PAGE_BYTES", 128 * 1024)
+    values = {f"/big/k{i:04d}": bytes([i % 256]) * 8192 for i in range(300)}
+    async with etcd_mod.Etcd(etcd_mod.parse_endpoints(etcd_url), retry_for=5.0) as etcd:
+        await etcd.apply(puts=values)
+        # NOTE: 100 values of 8 KiB (the first page) are more than this client takes at once.
+        listing = await etcd.get_prefix("/big/")
+    assert {k: kv.value for k, kv in listing.items.items()} == values
