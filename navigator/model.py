@@ -294,8 +294,15 @@ _ENUMS: dict[str, type[enum.StrEnum]] = {
 }
 
 
+_FIELD_TYPES: dict[type[Any], dict[str, str]] = {}
+
+
 def _field_types(cls: type[Any]) -> dict[str, str]:
-    return {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    # NOTE: kept per class: decoding a mesh's state asks for it at every nested endpoint.
+    found = _FIELD_TYPES.get(cls)
+    if found is None:
+        found = _FIELD_TYPES[cls] = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    return found
 
 
 def _convert(type_name: str, value: Any) -> Any:
