@@ -271,21 +271,58 @@ async def services(
     return rows
 
 
-async def load_snapshots(etcd: etcd_mod.Etcd, *, endpoints: bool = True) -> Any:
-    """Every stored snapshot, decoded as a front-end holds them (``SnapshotCache``); without
-    ``endpoints``, the app snapshots only (the endpoint assignments are most of the bytes)."""
+async def load_snapshots(etcd: etcd_mod.Etcd, app: str | None = None) -> Any:
+    """The stored snapshots, decoded as a front-end holds them (``SnapshotCache``): all of
+    them, or one app's with the endpoint assignments it names (its zones' and the default)."""
     # NOTE: imported here so that the other commands do not load the protobuf modules.
     from navigator.xds import cache as cache_mod
 
     cache = cache_mod.SnapshotCache(etcd)
-    if endpoints:
-        listing = await etcd.get_prefix(keys.SNAPSHOTS)
-    else:
-        heads = await etcd.get_prefix(keys.APP_SNAPSHOTS)
-        chunks = await etcd.get_prefix(keys.CHUNKS)
-        listing = etcd_mod.Listing(chunks.revision, heads.items | chunks.items)
-    cache.load(listing)
+    if app is None:
+        cache.load(await etcd.get_prefix(keys.SNAPSHOTS))
+        return cache
+    heads = await etcd.get_prefix(f"{keys.APP_SNAPSHOTS}{app}/")
+    chunks = await etcd.get_prefix(f"{keys.CHUNKS}{app}/")
+    items = heads.items | chunks.items
+    partial = cache_mod.SnapshotCache(etcd)
+    partial.load(etcd_mod.Listing(heads.revision, dict(items)))
+    wanted: set[str] = set()
+    for held_app, k8s in partial.apps():
+        entry = partial.app(held_app, k8s)
+        wanted |= entry.endpoints if entry is not None else set()
+    # NOTE: every variant of the endpoint assignments it names; "<name>/" ends at the variant.
+    for listing in await asyncio.gather(
+        *(etcd.get_prefix(keys.eds_key(name, "")) for name in sorted(wanted))
+    ):
+        items |= listing.items
+    cache.load(etcd_mod.Listing(heads.revision, items))
     return cache
+
+
+async def _app_versions(etcd: etcd_mod.Etcd) -> dict[tuple[str, str], str]:
+    """(app, cluster) → the version its stored snapshot carries, without decoding resources."""
+    heads = await etcd.get_prefix(keys.APP_SNAPSHOTS)
+    chunks: dict[str, bytes] | None = None
+    out: dict[tuple[str, str], str] = {}
+    for key, kv in heads.items.items():
+        try:
+            app, k8s = keys.parse_app_snapshot_key(key)
+            value = kv.value
+            parts = snapshot.head_chunks(value)
+            if parts is not None:
+                if chunks is None:
+                    listing = await etcd.get_prefix(keys.CHUNKS)
+                    chunks = {k: v.value for k, v in listing.items.items()}
+                found = [chunks.get(keys.chunk_key(app, k8s, digest)) for digest in parts]
+                if any(c is None for c in found):
+                    continue  # NOTE: a head whose parts are being written: not yet a snapshot.
+                value = snapshot.join_chunks(value, [c for c in found if c is not None])
+            version = _doc(value).get("version")
+        except (keys.SchemaError, snapshot.SnapshotError, ValueError):
+            continue
+        if isinstance(version, str):
+            out[(app, k8s)] = version
+    return out
 
 
 async def _diagnostics(etcd: etcd_mod.Etcd) -> dict[str, list[dict[str, Any]]]:
@@ -306,10 +343,9 @@ async def apps(etcd: etcd_mod.Etcd) -> list[Row]:
         nexus_objects[n.app_name].add(f"{n.namespace}/{n.name}@{n.cluster}")
         for ref in n.services:
             nexus[n.app_name].add(f"{ref.namespace}/{ref.name or '*'}")
-    cache = await load_snapshots(etcd, endpoints=False)
     versions: dict[str, dict[str, str]] = collections.defaultdict(dict)
-    for app, k8s in cache.apps():
-        versions[app][k8s] = cache.app(app, k8s).snapshot.version
+    for (app, k8s), version in (await _app_versions(etcd)).items():
+        versions[app][k8s] = version
     shard_rows = await shards(etcd)
     leaders = {r["shard"]: r["leader"] for r in shard_rows}
     count = len(shard_rows)
@@ -348,10 +384,10 @@ async def snapshot_of(
     and every resource decoded, exactly as the front-ends compute it."""
     from navigator.xds import resources
 
-    cache = await load_snapshots(etcd)
+    cache = await load_snapshots(etcd, app)
     held = [(a, c) for a, c in cache.apps() if a == app]
     if not held:
-        known = sorted({a for a, _ in cache.apps()} - {keys.DEFAULT_APP})
+        known = sorted({a for a, _ in await _app_versions(etcd)} - {keys.DEFAULT_APP})
         raise StateError(
             f"no snapshot for app {app!r} in etcd (apps with one: {', '.join(known) or 'none'})"
         )
