@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import kubernetes
 import pytest
 
+from navigator import proxy
 from navigator.lab import netns
 
 T = TypeVar("T")
@@ -446,19 +447,7 @@ def test_a_canary_release_splits_traffic_30_70_across_clusters(lab: dict[str, An
 def _dynamic_config(admin: str) -> dict[str, Any]:
     """What a sidecar got over xDS, from its admin: resources by type and name, no versions."""
     with urllib.request.urlopen(f"{admin}/config_dump?include_eds", timeout=5) as resp:
-        dump = json.loads(resp.read())
-    out: dict[str, Any] = {"clusters": {}, "endpoints": {}, "listeners": {}, "routes": {}}
-    for section in dump["configs"]:
-        for c in section.get("dynamic_active_clusters", []):
-            out["clusters"][c["cluster"]["name"]] = c["cluster"]
-        for e in section.get("dynamic_endpoint_configs", []):
-            out["endpoints"][e["endpoint_config"]["cluster_name"]] = e["endpoint_config"]
-        for entry in section.get("dynamic_listeners", []):
-            if "active_state" in entry:
-                out["listeners"][entry["name"]] = entry["active_state"]["listener"]
-        for r in section.get("dynamic_route_configs", []):
-            out["routes"][r["route_config"]["name"]] = r["route_config"]
-    return out
+        return proxy.live_config(json.loads(resp.read()))[1]
 
 
 def test_sotw_and_delta_sidecars_of_one_app_hold_identical_config(lab: dict[str, Any]) -> None:
@@ -470,7 +459,7 @@ def test_sotw_and_delta_sidecars_of_one_app_hold_identical_config(lab: dict[str,
 
     def same() -> dict[str, Any] | None:
         a, b = _dynamic_config(sotw["admin"]), _dynamic_config(delta["admin"])
-        return a if a == b and a["clusters"] and a["endpoints"] else None
+        return a if a == b and a["cds"] and a["eds"] else None
 
     config = _eventually(same, "the SotW and the Delta sidecar to converge")
-    assert {"listeners", "routes"} <= {k for k, v in config.items() if v}
+    assert {"lds", "rds"} <= {k for k, v in config.items() if v}
