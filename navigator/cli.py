@@ -1,8 +1,8 @@
 """The ``navigator`` command: one entry point for every process and tool of the mesh.
 
 Each subcommand lives in its own module with a ``main(argv) -> int`` (or the function that
-``module:function`` names); this module only picks
-one, importing it lazily so that ``navigator bootstrap`` does not load the gRPC server.
+``module:function`` names); this module only picks one, importing it lazily so that
+``navigator bootstrap`` does not load the gRPC server.
 """
 
 from __future__ import annotations
