@@ -33,7 +33,7 @@ import tenacity
 import yaml
 
 from coordinator import etcd as etcd_mod
-from navigator import runtime, snapshot, state
+from navigator import keys, runtime, snapshot, state
 from navigator.xds import resources
 
 Row = dict[str, Any]
@@ -229,7 +229,8 @@ async def diff(
     node, live = live_config(await config_dump(admin, within=within))
     if node.id != node_id:
         raise ProxyError(f"the admin at {admin} belongs to sidecar {node.id!r}, not {node_id!r}")
-    cache = await state.load_snapshots(etcd)
+    # NOTE: a sidecar whose app has no snapshot gets the default one (its health listener).
+    cache = await state.load_snapshots(etcd, [node.app, keys.DEFAULT_APP])
     out: Row = {
         "node": node.id,
         "app": node.app,

@@ -271,21 +271,25 @@ async def services(
     return rows
 
 
-async def load_snapshots(etcd: etcd_mod.Etcd, app: str | None = None) -> Any:
+async def load_snapshots(etcd: etcd_mod.Etcd, apps: Sequence[str] | None = None) -> Any:
     """The stored snapshots, decoded as a front-end holds them (``SnapshotCache``): all of
-    them, or one app's with the endpoint assignments it names (its zones' and the default)."""
+    them, or those of ``apps`` with the endpoint assignments they name (every variant)."""
     # NOTE: imported here so that the other commands do not load the protobuf modules.
     from navigator.xds import cache as cache_mod
 
     cache = cache_mod.SnapshotCache(etcd)
-    if app is None:
+    if apps is None:
         cache.load(await etcd.get_prefix(keys.SNAPSHOTS))
         return cache
-    heads = await etcd.get_prefix(f"{keys.APP_SNAPSHOTS}{app}/")
-    chunks = await etcd.get_prefix(f"{keys.CHUNKS}{app}/")
-    items = heads.items | chunks.items
+    items: dict[str, etcd_mod.KeyValue] = {}
+    revision = 0
+    for app in apps:
+        heads = await etcd.get_prefix(f"{keys.APP_SNAPSHOTS}{app}/")
+        chunks = await etcd.get_prefix(f"{keys.CHUNKS}{app}/")
+        items |= heads.items | chunks.items
+        revision = max(revision, heads.revision)
     partial = cache_mod.SnapshotCache(etcd)
-    partial.load(etcd_mod.Listing(heads.revision, dict(items)))
+    partial.load(etcd_mod.Listing(revision, dict(items)))
     wanted: set[str] = set()
     for held_app, k8s in partial.apps():
         entry = partial.app(held_app, k8s)
@@ -295,7 +299,7 @@ async def load_snapshots(etcd: etcd_mod.Etcd, app: str | None = None) -> Any:
         *(etcd.get_prefix(keys.eds_key(name, "")) for name in sorted(wanted))
     ):
         items |= listing.items
-    cache.load(etcd_mod.Listing(heads.revision, items))
+    cache.load(etcd_mod.Listing(revision, items))
     return cache
 
 
@@ -384,7 +388,7 @@ async def snapshot_of(
     and every resource decoded, exactly as the front-ends compute it."""
     from navigator.xds import resources
 
-    cache = await load_snapshots(etcd, app)
+    cache = await load_snapshots(etcd, [app])
     held = [(a, c) for a, c in cache.apps() if a == app]
     if not held:
         known = sorted({a for a, _ in await _app_versions(etcd)} - {keys.DEFAULT_APP})
