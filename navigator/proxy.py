@@ -307,15 +307,43 @@ def _status_parser() -> argparse.ArgumentParser:
     parser.add_argument("node", metavar="SIDECAR", nargs="?", help="only this sidecar (node id)")
     parser.add_argument("--app", help="only this app's sidecars")
     parser.add_argument("--cluster", help="only this cluster's sidecars")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="wait until every listed sidecar is SYNCED (NOT SENT types aside); exit 1 if "
+        "some are not by then (for scripts and chaos checks)",
+    )
     return parser
+
+
+def synced(row: Row) -> bool:
+    """Every type sent to the sidecar is acknowledged at the latest version."""
+    return all(t["status"] in (SYNCED, NOT_SENT) for t in row["types"].values())
 
 
 def status_main(argv: Sequence[str] | None = None) -> int:
     args = _status_parser().parse_args(argv)
 
+    def wanted(rows: list[Row]) -> list[Row]:
+        return [
+            r
+            for r in rows
+            if (args.node is None or r["node"] == args.node)
+            and (args.app is None or r["app"] == args.app)
+            and (args.cluster is None or r["cluster"] == args.cluster)
+        ]
+
     async def run() -> list[Row]:
         async with state.connect(args) as etcd:
-            return await status(etcd)
+            deadline = time.monotonic() + (args.wait or 0.0)
+            while True:
+                rows = wanted(await status(etcd))
+                if args.wait is None or (rows and all(map(synced, rows))):
+                    return rows
+                if time.monotonic() >= deadline:
+                    return rows
+                await asyncio.sleep(0.5)
 
     try:
         with runtime.quiet_etcd_retries():
@@ -323,22 +351,26 @@ def status_main(argv: Sequence[str] | None = None) -> int:
     except (etcd_mod.EtcdError, ValueError) as exc:
         print(f"navigator proxy-status: {state.one_line(exc)}", file=sys.stderr)
         return 1
-    rows = [
-        r
-        for r in rows
-        if (args.node is None or r["node"] == args.node)
-        and (args.app is None or r["app"] == args.app)
-        and (args.cluster is None or r["cluster"] == args.cluster)
-    ]
     if args.node is not None and not rows:
         print(
             f"navigator proxy-status: sidecar {args.node!r} has no status record in etcd",
             file=sys.stderr,
         )
         return 1
+    code = 0
+    if args.wait is not None and not (rows and all(map(synced, rows))):
+        behind = sum(1 for r in rows if not synced(r))
+        print(
+            f"navigator proxy-status: {behind} of {len(rows)} sidecars not SYNCED after "
+            f"{args.wait:g} s"
+            if rows
+            else f"navigator proxy-status: no sidecar after {args.wait:g} s",
+            file=sys.stderr,
+        )
+        code = 1
     if args.output in ("json", "yaml"):
         print(state.dump(rows, args.output))
-        return 0
+        return code
     now = time.time()
     columns: list[state.Column] = [
         ("NAME", lambda r: r["node"]),
@@ -358,7 +390,7 @@ def status_main(argv: Sequence[str] | None = None) -> int:
         columns.append(("ADMIN", lambda r: r["admin"] or "-"))
     columns.append(("UPDATED", lambda r: state.age(r["updated"], now)))
     print(state.table(rows, columns, headers=not args.no_headers))
-    return 0
+    return code
 
 
 def _diff_parser() -> argparse.ArgumentParser:

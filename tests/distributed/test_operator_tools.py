@@ -162,6 +162,10 @@ async def test_state_proxy_status_and_proxy_diff_against_the_lab(
             return rows[0] if rows[0]["types"]["eds"]["status"] == "STALE" else None
 
         await until(stale, within=20, what="the east sidecar's EDS STALE", every=0.3)
+        # As a script waits for convergence: not by the deadline, one line, exit 1.
+        rc, _, err = await run("proxy-status", *etcd, "--wait", "1")
+        assert rc == 1
+        assert err.strip().endswith("sidecars not SYNCED after 1 s"), err
         rc, out, _ = await run("proxy-diff", east["node_id"], *etcd, "-o", "json")
         assert rc == 1
         doc = json.loads(out)
@@ -175,6 +179,9 @@ async def test_state_proxy_status_and_proxy_diff_against_the_lab(
     finally:
         for pid in paused:
             os.kill(pid, signal.SIGCONT)
+    rc, out, err = await run("proxy-status", *etcd, "--wait", "30")
+    assert rc == 0, err
+    assert out.count("SYNCED") >= 4 * len(sidecars) - out.count("NOT SENT")
     await until(all_synced, within=30, what="every sidecar SYNCED again", every=0.5)
     rc, out, err = await run("proxy-diff", east["node_id"], *etcd)
     assert rc == 0, out + err
