@@ -558,7 +558,11 @@ def _parser() -> argparse.ArgumentParser:
         "-A", "--all-namespaces", action="store_true", help="every namespace (the default)"
     )
     services_p.add_argument("--cluster", help="only this cluster (default: all)")
-    sub.add_parser("apps", parents=[common], help="shard, leader, Nexus services, snapshots")
+    services_p.add_argument("name", metavar="NAME", nargs="?", help="only this Service")
+    apps_p = sub.add_parser(
+        "apps", parents=[common], help="shard, leader, Nexus services, snapshots"
+    )
+    apps_p.add_argument("app", metavar="APP", nargs="?", help="only this app")
     snap = sub.add_parser(
         "snapshot",
         parents=[common_arguments(outputs=("yaml", "json"))],
@@ -599,6 +603,10 @@ async def _run(args: argparse.Namespace) -> str:
         rows: list[Row]
         if args.what == "services":
             rows = await services(etcd, namespace=args.namespace, cluster=args.cluster)
+            if args.name is not None:
+                rows = [r for r in rows if r["name"] == args.name]
+                if not rows:
+                    raise StateError(f"no Service {args.name!r} in etcd")
         elif args.what == "diagnostics":
             rows = await diagnostics(etcd, args.app)
             if args.app is not None and not rows:
@@ -607,6 +615,10 @@ async def _run(args: argparse.Namespace) -> str:
                     raise StateError(f"no app {args.app!r} in etcd")
         elif args.what == "apps":
             rows = await apps(etcd)
+            if args.app is not None:
+                rows = [r for r in rows if r["app"] == args.app]
+                if not rows:
+                    raise StateError(f"no app {args.app!r} in etcd")
         elif args.what == "clusters":
             rows = await clusters(etcd)
         elif args.what == "shards":

@@ -100,6 +100,10 @@ async def test_state_proxy_status_and_proxy_diff_against_the_lab(
     assert web["services"] == ["shop/echo", "shop/item"]
     assert set(web["snapshots"]) == {"east", "west"}
     assert apps["reports"]["diagnostics"] == 1
+    only = await run_json("state", "apps", "web", *etcd)
+    assert [a["app"] for a in only] == ["web"]
+    one = await run_json("state", "services", "-n", "shop", "item", *etcd)
+    assert one == [s for s in services if s["name"] == "item"]
 
     # -- diagnostics: the Nexus naming a missing service -------------------------------------
     diags = await run_json("state", "diagnostics", "reports", *etcd)

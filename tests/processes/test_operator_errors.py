@@ -196,3 +196,12 @@ def test_bad_etcd_tls_options_are_one_line(tmp_path: Any) -> None:
     rc, _, err = _run("proxy-status", "--etcd", UNREACHABLE, "--etcd-ca", str(tmp_path / "nope"))
     assert rc == 1
     assert f"--etcd-ca {tmp_path / 'nope'}: cannot read it" in _one_line(err)
+
+
+def test_unknown_service_or_app_filter(etcd_url: str) -> None:
+    rc, _, err = _run("state", "services", "-n", "shop", "nope", "--etcd", etcd_url)
+    assert rc == 1
+    assert "no Service 'nope'" in _one_line(err)
+    rc, _, err = _run("state", "apps", "nope", "--etcd", etcd_url)
+    assert rc == 1
+    assert "no app 'nope'" in _one_line(err)
