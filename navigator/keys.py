@@ -16,6 +16,8 @@ Layout (``<ns>`` is ``_`` for cluster-scoped objects)::
     /navigator/v1/config/tracing                        mesh-wide tracing setting (JSON)
     /navigator/v1/config/shards                         number of translator shards (JSON)
     /navigator/v1/diagnostics/_mesh                     ... and for services (any app)
+    /navigator/v1/snapshots/localities/<cluster>        region and zone of every Node of <cluster>
+                                                        (JSON), for sidecars that name their node
     /navigator/v1/snapshots/chunks/<app>/<cluster>/<hash>
                                                         a part of an app snapshot too large for
                                                         one value (its head names the parts)
@@ -32,8 +34,9 @@ create revision of its key, and every write it makes compares it.
 Ownership: every key under ``snapshots/`` and ``diagnostics/`` belongs to exactly one
 translator shard (``owner_shard``), whose leader alone writes it. An app's keys belong to the
 app's shard (``shard_of``); a service's endpoint assignments to the shard of ``<ns>/<name>``;
-the mesh's own keys to the shard of ``_default``. WARNING: changing ``shard_of`` makes two
-versions in a rolling upgrade disagree on who writes what.
+the mesh's own keys (its diagnostics, the node localities) to the shard of ``_default``.
+WARNING: changing ``shard_of`` makes two versions in a rolling upgrade disagree on who writes
+what.
 
 Cluster, app and object names are DNS labels or subdomains, so they never contain ``/``.
 """
@@ -59,6 +62,8 @@ TRACING = CONFIG + "tracing"
 SHARD_COUNT = CONFIG + "shards"
 """The number of translator shards (``{"shards": N}``); the first translator writes it."""
 CHUNKS = SNAPSHOTS + "chunks/"
+LOCALITIES = SNAPSHOTS + "localities/"
+"""localities/<cluster>: ``{"nodes": {node: [region, zone]}}``, written by the mesh's shard."""
 WATCHERS = ROOT + "watchers/"
 STALE = ROOT + "stale/"
 SHARDS = ROOT + "shards/"
@@ -191,6 +196,17 @@ def chunk_key(app: model.AppName, cluster: model.ClusterName, digest: str) -> st
     return f"{chunk_prefix(app, cluster)}{digest}"
 
 
+def localities_key(cluster: model.ClusterName) -> str:
+    return f"{LOCALITIES}{cluster}"
+
+
+def parse_localities_key(key: str) -> model.ClusterName:
+    rest = key[len(LOCALITIES) :] if key.startswith(LOCALITIES) else ""
+    if not rest or "/" in rest:
+        raise SchemaError(f"not a localities key: {key!r}")
+    return model.ClusterName(rest)
+
+
 def watcher_leader_key(cluster: model.ClusterName) -> str:
     return f"{WATCHERS}{cluster}/leader"
 
@@ -280,7 +296,7 @@ def owner_shard(key: str, shards: int) -> int | None:
     if key.startswith(EDS_SNAPSHOTS):
         ns, _, rest = key[len(EDS_SNAPSHOTS) :].partition("/")
         return shard_of(f"{ns}/{rest.split(':', 1)[0]}", shards)
-    if key == MESH_DIAGNOSTICS:
+    if key == MESH_DIAGNOSTICS or key.startswith(LOCALITIES):
         return shard_of(DEFAULT_APP, shards)
     if key.startswith(DIAGNOSTICS):
         return shard_of(key[len(DIAGNOSTICS) :], shards)

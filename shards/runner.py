@@ -194,6 +194,8 @@ class Translator:
         self._withheld_services: set[ServiceKey] = set()
         self._withheld_apps: set[model.AppName] = set()
         self._mesh_diags_dirty = True
+        self._localities_dirty: set[model.ClusterName] = set()
+        """Clusters whose Nodes changed: their ``localities/<cluster>`` key is due."""
 
     # --- shards ----------------------------------------------------------------------
 
@@ -236,6 +238,7 @@ class Translator:
         }
         self._mesh_diags_dirty = True
         self._gateways_dirty = True
+        self._localities_dirty |= {cluster for cluster, _ in self._nodes}
         log.info("leading shard", extra={"shard": shard, "keys": len(self._written)})
         self._changed.set()
 
@@ -441,6 +444,7 @@ class Translator:
         elif isinstance(obj, model.Node):
             self._nodes[(obj.cluster, obj.name)] = obj
             self._zone_pairs[(obj.region, obj.zone)] += 1
+            self._localities_dirty.add(obj.cluster)
         elif isinstance(obj, model.Nexus):
             self._nexuses.setdefault(obj.app_name, {})[keys.state_key(obj)] = obj
         elif isinstance(obj, model.CanaryRelease):
@@ -465,6 +469,7 @@ class Translator:
             _pop_nested(self._slices, (obj.namespace, obj.service), (obj.cluster, obj.name))
         elif isinstance(obj, model.Node):
             self._nodes.pop((obj.cluster, obj.name), None)
+            self._localities_dirty.add(obj.cluster)
             self._zone_pairs.subtract([(obj.region, obj.zone)])
             if self._zone_pairs[(obj.region, obj.zone)] <= 0:
                 del self._zone_pairs[(obj.region, obj.zone)]
@@ -685,10 +690,30 @@ class Translator:
             DIAGNOSTICS.clear()
             for d in every_diag + [d for ds in self._app_diags.values() for d in ds]:
                 DIAGNOSTICS.labels(reason=d.reason).inc()
+        if self._localities_dirty and keys.shard_of(keys.DEFAULT_APP, self.shards) in self._terms:
+            self._emit_localities(puts, deletes)
         WITHHELD.labels(what="apps").set(len(self._withheld_apps))
         WITHHELD.labels(what="services").set(len(self._withheld_services))
         deletes = {k for k in deletes if k in self._written and k not in puts}
         return puts, deletes
+
+    def _emit_localities(self, puts: dict[str, bytes], deletes: set[str]) -> None:
+        """``localities/<cluster>``: region and zone of each Node, for the front-ends to place a
+        sidecar that names its node instead of its zone (a pod sees no node labels)."""
+        due, self._localities_dirty = self._localities_dirty, set()
+        for cluster in sorted(due):
+            key = keys.localities_key(cluster)
+            nodes = {
+                name: [node.region, node.zone]
+                for (c, name), node in sorted(self._nodes.items())
+                if c == cluster
+            }
+            if not nodes:
+                deletes.add(key)
+                continue
+            body = json.dumps({"nodes": nodes}, sort_keys=True, separators=(",", ":")).encode()
+            if self._changed_key(key, body):
+                puts[key] = body
 
     def _emit_endpoints(self, puts: dict[str, bytes], deletes: set[str]) -> None:
         """The shared endpoint assignments of owned services that are due, if ready."""
@@ -783,6 +808,9 @@ class Translator:
                     deletes.add(key)
             elif key.startswith(keys.EDS_SNAPSHOTS):
                 if key not in live_eds:
+                    deletes.add(key)
+            elif key.startswith(keys.LOCALITIES):
+                if not any(c == keys.parse_localities_key(key) for c, _ in self._nodes):
                     deletes.add(key)
             elif key.startswith(keys.DIAGNOSTICS) and key != keys.MESH_DIAGNOSTICS:
                 app = model.AppName(key[len(keys.DIAGNOSTICS) :])
@@ -1104,6 +1132,8 @@ def _kind_of_key(key: str) -> str:
         return "eds"
     if key.startswith(keys.APP_SNAPSHOTS):
         return "app"
+    if key.startswith(keys.LOCALITIES):
+        return "localities"
     return "diagnostics"
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -182,8 +183,23 @@ async def _assert_agrees_with_full_translation(
     full = translate.translate(objs.values(), clusters)
     want = {keys.app_snapshot_key(a, c): snapshot.encode_app(s) for (a, c), s in full.apps.items()}
     want |= {keys.eds_key(*name_variant): body for name_variant, body in full.endpoints.items()}
+    want |= _localities(objs.values())
     listing = await etcd.get_prefix(keys.SNAPSHOTS)
     assert {k: kv.value for k, kv in listing.items.items()} == want
+
+
+def _localities(objs: Iterable[model.Object]) -> dict[str, bytes]:
+    """The ``localities/<cluster>`` keys a translator publishes for these Nodes."""
+    nodes: dict[str, dict[str, list[str]]] = {}
+    for o in objs:
+        if isinstance(o, model.Node):
+            nodes.setdefault(o.cluster, {})[o.name] = [o.region, o.zone]
+    return {
+        keys.localities_key(model.ClusterName(c)): json.dumps(
+            {"nodes": by_name}, sort_keys=True, separators=(",", ":")
+        ).encode()
+        for c, by_name in nodes.items()
+    }
 
 
 async def _change_and_compare(
