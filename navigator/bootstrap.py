@@ -64,6 +64,7 @@ def render(
     delta: bool = False,
     reconnect_base: float = 0.1,
     reconnect_max: float = 2.0,
+    node_name: str = "",
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap (as a dict ready for JSON/YAML) for one sidecar.
 
@@ -71,6 +72,8 @@ def render(
     (the node-local balancer). ``delta`` selects incremental xDS over ADS instead of State of
     the World. ``reconnect_*``: the backoff of the ADS stream's reconnection (Envoy's default
     starts at 0.5 s); a stream reset by the balancer when a front-end dies reconnects at once.
+    ``node_name`` (the pod's Kubernetes node) lets the front-end place a sidecar given no zone
+    in its node's region and zone.
     """
     host = xds_host or os.environ.get(HOST_IP_ENV, "")
     if not host:
@@ -93,7 +96,8 @@ def render(
                 "app": app,
                 "k8s_cluster": cluster,
                 "admin": f"{admin_address}:{admin_port}",
-            },
+            }
+            | ({"node_name": node_name} if node_name else {}),
             "locality": locality,
         },
         "dynamic_resources": {
@@ -182,7 +186,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--app", required=True, help="the app name (Nexus appName)")
     parser.add_argument("--cluster", required=True, help="the sidecar's Kubernetes cluster")
-    parser.add_argument("--zone", required=True, help="the sidecar's zone")
+    parser.add_argument(
+        "--zone",
+        default="",
+        help="the sidecar's zone (default: its node's, from --node-name, as the control plane "
+        "knows it)",
+    )
+    parser.add_argument(
+        "--node-name",
+        default=os.environ.get("NODE_NAME", ""),
+        help="the pod's Kubernetes node (default $NODE_NAME; the downward API's spec.nodeName)",
+    )
     parser.add_argument("--region", default="", help="the sidecar's region")
     parser.add_argument(
         "--node-id",
@@ -235,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             admin_port=args.admin_port,
             control_plane_health_port=args.control_plane_health_port,
             delta=args.delta,
+            node_name=args.node_name,
         )
         if args.outbound_port is not None:
             if not 0 < args.outbound_port < 65536:

@@ -164,6 +164,7 @@ def live_config(dump: dict[str, Any]) -> tuple[resources.NodeInfo, dict[str, dic
                 region=loc.get("region", ""),
                 zone=loc.get("zone", ""),
                 admin=meta.get("admin", ""),
+                node_name=meta.get("node_name", ""),
             )
         for c in section.get("dynamic_active_clusters", []):
             out["cds"][c["cluster"]["name"]] = c["cluster"]
@@ -231,6 +232,8 @@ async def diff(
         raise ProxyError(f"the admin at {admin} belongs to sidecar {node.id!r}, not {node_id!r}")
     # NOTE: a sidecar whose app has no snapshot gets the default one (its health listener).
     cache = await state.load_snapshots(etcd, [node.app, keys.DEFAULT_APP])
+    # NOTE: placed in its node's zone as its front-end placed it, if its bootstrap gave none.
+    node = resources.placed(cache, node)
     out: Row = {
         "node": node.id,
         "app": node.app,

@@ -281,7 +281,7 @@ async def load_snapshots(etcd: etcd_mod.Etcd, apps: Sequence[str] | None = None)
     if apps is None:
         cache.load(await etcd.get_prefix(keys.SNAPSHOTS))
         return cache
-    items: dict[str, etcd_mod.KeyValue] = {}
+    items: dict[str, etcd_mod.KeyValue] = dict((await etcd.get_prefix(keys.LOCALITIES)).items)
     revision = 0
     for app in apps:
         heads = await etcd.get_prefix(f"{keys.APP_SNAPSHOTS}{app}/")

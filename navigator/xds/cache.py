@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Hashable, Iterable, Mapping
@@ -125,6 +126,10 @@ class ConfigSource(Protocol):
 
     def eds(self, name: str, variant: str) -> Encoded | None: ...
 
+    def locality(self, cluster: str, node: str) -> tuple[str, str] | None:
+        """(region, zone) of a Kubernetes node of ``cluster``, if the translators published it."""
+        ...
+
     def subscribe(self) -> Subscription: ...
 
     def memo(self) -> dict[Hashable, object]:
@@ -158,6 +163,7 @@ class SnapshotCache:
         self._memo: dict[Hashable, object] = {}
         self._apps: dict[str, AppEntry] = {}
         self._eds: dict[str, Encoded] = {}
+        self._localities: dict[str, dict[str, tuple[str, str]]] = {}
         self._subs: set[Subscription] = set()
         self._index: dict[str, set[Subscription]] = {}
         self._pending: set[str] = set()
@@ -190,6 +196,9 @@ class SnapshotCache:
 
     def eds(self, name: str, variant: str) -> Encoded | None:
         return self._eds.get(keys.eds_key(name, variant))
+
+    def locality(self, cluster: str, node: str) -> tuple[str, str] | None:
+        return self._localities.get(cluster, {}).get(node)
 
     def subscribe(self) -> Subscription:
         sub = Subscription(self)
@@ -349,6 +358,8 @@ class SnapshotCache:
             if self._raw.pop(key, None) is not None:
                 self._apps.pop(key, None)
                 self._eds.pop(key, None)
+                if key.startswith(keys.LOCALITIES):
+                    self._localities.pop(key[len(keys.LOCALITIES) :], None)
                 self._waiting.pop(key, None)
                 self._pending.add(key)
             return
@@ -374,9 +385,25 @@ class SnapshotCache:
                 log.error("malformed EDS key, ignored", extra={"key": key, "error": str(exc)})
                 return
             self._eds[key] = encode_eds(name, value)
+        elif key.startswith(keys.LOCALITIES):
+            self._load_localities(key, value)
+            return
         else:
             return
         self._pending.add(key)
+
+    def _load_localities(self, key: str, value: bytes) -> None:
+        try:
+            cluster = keys.parse_localities_key(key)
+            nodes = json.loads(value)["nodes"]
+            self._localities[cluster] = {
+                str(name): (str(region), str(zone)) for name, (region, zone) in nodes.items()
+            }
+        except (keys.SchemaError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.error(
+                "unreadable node localities, keeping the previous ones",
+                extra={"key": key, "error": str(exc)},
+            )
 
     def _load_app(self, key: str, value: bytes) -> bool:
         """Decodes an app snapshot (joining its parts); False keeps the previous one."""

@@ -36,6 +36,8 @@ class NodeInfo:
     zone: str
     admin: str = ""
     """``host:port`` of the sidecar's admin, as its bootstrap says (``metadata.admin``)."""
+    node_name: str = ""
+    """The Kubernetes node the sidecar's pod runs on (``metadata.node_name``), if it says."""
 
     @classmethod
     def from_proto(cls, node: Any) -> NodeInfo:
@@ -55,7 +57,20 @@ class NodeInfo:
             region=node.locality.region,
             zone=node.locality.zone,
             admin=fields["admin"].string_value if "admin" in fields else "",
+            node_name=fields["node_name"].string_value if "node_name" in fields else "",
         )
+
+
+def placed(source: cache_mod.ConfigSource, node: NodeInfo) -> NodeInfo:
+    """A node that names its Kubernetes node and no zone gets that node's region and zone,
+    as the translators published them: a pod cannot see its node's topology labels."""
+    if node.zone or not node.node_name:
+        return node
+    found = source.locality(node.k8s_cluster, node.node_name)
+    if found is None:
+        return node
+    region, zone = found
+    return dataclasses.replace(node, region=node.region or region, zone=zone)
 
 
 Desired = tuple[str, Mapping[str, cache_mod.Encoded]]
@@ -89,9 +104,7 @@ def desired(
     return typing.cast(Desired, found)
 
 
-def expected(
-    source: cache_mod.ConfigSource, node: NodeInfo, type_url: str
-) -> Desired | None:
+def expected(source: cache_mod.ConfigSource, node: NodeInfo, type_url: str) -> Desired | None:
     """``desired`` for a node that subscribes, as Envoy does, to every endpoint assignment its
     clusters name and every route its listeners name: what ``navigator proxy-status`` and
     ``proxy-diff`` hold a sidecar's config against."""

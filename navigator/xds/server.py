@@ -157,7 +157,7 @@ class AdsServer:
         except StopAsyncIteration:
             return
         try:
-            node = resources.NodeInfo.from_proto(first.node)
+            node = resources.placed(self.source, resources.NodeInfo.from_proto(first.node))
         except ValueError as exc:
             STREAM_ERRORS.labels("invalid_node").inc()
             log.warning("stream refused", extra={"peer": context.peer(), "error": str(exc)})
