@@ -600,10 +600,13 @@ class Lab:
         prefix: list[str],
         admin: tuple[str, int],
         xds: str = "",
+        node_name: str = "",
     ) -> None:
         """An Envoy (sidecar or gateway) from ``navigator bootstrap``'s config, in its pod.
 
-        It reaches the control plane through its node's balancer, as through ``HOST_IP``.
+        It reaches the control plane through its node's balancer, as through ``HOST_IP``. With
+        ``node_name`` its bootstrap names its node and no zone, as ``deploy/`` sidecars do: the
+        front-end places it in that node's zone.
         """
         node = self.balancer_of(cluster.name)
         host, _, xds_port = node["address"].rpartition(":")
@@ -611,8 +614,9 @@ class Lab:
             node_id=node_id,
             app=app,
             cluster=cluster.name,
-            region=cluster.region,
-            zone=cluster.zone,
+            region="" if node_name else cluster.region,
+            zone="" if node_name else cluster.zone,
+            node_name=node_name,
             xds_host=host,
             xds_port=int(xds_port),
             admin_address=admin[0],
@@ -642,6 +646,10 @@ class Lab:
                 pod.intercept()
                 prefix = pod.exec_prefix
                 admin_address, admin_port, pod_ip = pod.ip, ENVOY_ADMIN_PORT, pod.ip
+            delta = (s.xds or self.shape.sidecar_xds) == "delta"
+            # NOTE: Delta sidecars name their node instead of their zone (as deploy/'s do), so
+            # the lab's SotW/Delta pairs also check that the front-end places them alike.
+            node_name = self._node_of(c.name) if delta else ""
             self._start_envoy(
                 node_id=node_id,
                 app=s.app,
@@ -649,6 +657,7 @@ class Lab:
                 prefix=prefix,
                 admin=(admin_address, admin_port),
                 xds=s.xds,
+                node_name=node_name,
             )
             self.sidecars.append(
                 {
@@ -662,8 +671,16 @@ class Lab:
                     "exec": prefix,
                     "pod_ip": pod_ip,
                     "host_ip": self.node_ip(c),
+                    "node_name": node_name,
                 }
             )
+
+    def _node_of(self, cluster: str) -> str:
+        """The first Node of ``cluster``'s manifests (the node its pods run on)."""
+        for doc in self.manifests.get(cluster, []):
+            if isinstance(doc, dict) and doc.get("kind") == "Node":
+                return str(doc["metadata"]["name"])
+        return ""
 
     def _start_gateways(self) -> None:
         """One gateway Envoy per ``gateways`` entry, in a pod of its own (netns only)."""

@@ -142,6 +142,13 @@ async def test_state_proxy_status_and_proxy_diff_against_the_lab(
     status = await until(all_synced, within=30, what="every sidecar SYNCED", every=0.5)
     apps = {a["app"]: a for a in await run_json("state", "apps", *etcd)}
     assert apps["web"]["sidecars"] == sum(1 for s in lab.sidecars if s["app"] == "web")
+    # Sidecars that name their node instead of their zone (the Delta ones) are placed in it.
+    assert {r["node"]: r["zone"] for r in status if r["node"] in sidecars} == {
+        n: zones[s["cluster"]] for n, s in sidecars.items()
+    }
+    # NOTE: with network namespaces the lab runs Delta sidecars in both clusters.
+    netns = described["network"]["mode"] == "netns"
+    assert any(s["node_name"] for s in sidecars.values()) or not netns
     row = next(r for r in status if r["node"] == east["node_id"])
     assert (row["app"], row["cluster"], row["zone"]) == (east["app"], "east", east["zone"])
     assert row["types"]["eds"]["acked"] == snap["types"]["eds"]["version"]
