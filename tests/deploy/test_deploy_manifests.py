@@ -1145,7 +1145,6 @@ def test_the_sidecars_name_their_cluster_and_its_own_clusterip_ranges(
         ranges[cluster] = [
             ipaddress.ip_network(c) for c in env["NAVIGATOR_SERVICE_CIDRS"].split(",")
         ]
-        assert env["NAVIGATOR_DEFAULT_ZONE"] and env["NAVIGATOR_DEFAULT_REGION"]
     assert not any(a.overlaps(b) for a in ranges["east"] for b in ranges["west"])
 
 
@@ -1177,12 +1176,14 @@ def test_the_sidecar_reads_the_zone_labels_the_watcher_reads(app: tuple[str, Doc
     assert refs["POD_REGION"] == f"metadata.labels['{convert.REGION_LABELS[0]}']"
     assert refs["HOST_IP"] == "status.hostIP"
     assert refs["POD_NAME"] == "metadata.name"
+    # NOTE: without the labels, the front-end places the sidecar by its node.
+    assert refs["NODE_NAME"] == "spec.nodeName"
 
 
 @pytest.mark.parametrize(
     ("labels", "zone"),
     [
-        pytest.param({}, None, id="cluster-default-zone"),
+        pytest.param({}, None, id="placed-by-its-node"),
         pytest.param(
             {convert.ZONE_LABELS[0]: "r1-c", convert.REGION_LABELS[0]: "r2"},
             "r1-c",
@@ -1212,8 +1213,9 @@ def test_the_sidecar_bootstrap_renders_and_envoy_accepts_it(
     assert node["cluster"] == template["metadata"]["labels"]["navigator.avito.ru/app"]
     # NOTE: what the front-end picks the app snapshot by (other metadata may be added).
     assert (node["metadata"]["app"], node["metadata"]["k8s_cluster"]) == ("web", cluster)
-    want_zone = zone or env["NAVIGATOR_DEFAULT_ZONE"]
-    assert node["locality"]["zone"] == want_zone
+    assert node["locality"].get("zone", "") == (zone or "")
+    # NOTE: the front-end places a sidecar without a zone by this node (resources.placed).
+    assert node["metadata"]["node_name"] == env["NODE_NAME"] == "node-1"
 
     listeners = {ln["name"]: ln for ln in config["static_resources"]["listeners"]}
     outbound = listeners["navigator-outbound"]
