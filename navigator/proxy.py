@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import aiohttp
 import tenacity
 import yaml
 
@@ -116,26 +115,34 @@ async def status(etcd: etcd_mod.Etcd) -> list[Row]:
 # -- proxy-diff --------------------------------------------------------------------------------
 
 
-@tenacity.retry(
-    stop=tenacity.stop_after_attempt(3),
-    wait=tenacity.wait_exponential(multiplier=0.2, max=1.0),
-    retry=tenacity.retry_if_exception_type((aiohttp.ClientConnectionError, TimeoutError)),
-    reraise=True,
-)
 async def _get_json(url: str, within: float) -> Any:
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=within)) as session,
-        session.get(url) as resp,
-    ):
-        if resp.status != 200:
-            raise ProxyError(f"{url} answered HTTP {resp.status}")
-        return await resp.json(content_type=None)
+    # NOTE: aiohttp is imported here: proxy-status, which shares this module, needs no HTTP.
+    import aiohttp
+
+    retrying = tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(3),
+        wait=tenacity.wait_exponential(multiplier=0.2, max=1.0),
+        retry=tenacity.retry_if_exception_type((aiohttp.ClientConnectionError, TimeoutError)),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=within)) as session,
+                session.get(url) as resp,
+            ):
+                if resp.status != 200:
+                    raise ProxyError(f"{url} answered HTTP {resp.status}")
+                return await resp.json(content_type=None)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def config_dump(admin: str, *, within: float = 2.0) -> dict[str, Any]:
     """The sidecar's ``/config_dump?include_eds``; ``admin`` is ``host:port`` or a URL."""
     base = admin if "://" in admin else f"http://{admin}"
     url = f"{base.rstrip('/')}/config_dump?include_eds"
+    import aiohttp
+
     try:
         doc = await _get_json(url, within)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:

@@ -21,9 +21,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import prometheus_client
-from aiohttp import web
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from coordinator import etcd as etcd_mod
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
@@ -193,6 +194,10 @@ async def http_server(
 
     Yields the bound ``host:port`` (comma-separated when several).
     """
+
+    # NOTE: imported here: the one-shot commands (state, weight, proxy-status...) share this
+    # module and serve no HTTP; aiohttp's server costs them ~80 ms at start.
+    from aiohttp import web
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
