@@ -194,7 +194,11 @@ def _canonical(type_url: str, doc: dict[str, Any]) -> dict[str, Any]:
     snapshot.resource_to_dict(type_url, b"")  # NOTE: registers every embedded message type.
     cls = symbol_database.Default().GetSymbol(type_url.rpartition("/")[2])
     body = {k: v for k, v in doc.items() if k != "@type"}
-    msg = json_format.ParseDict(body, cls(), ignore_unknown_fields=True)
+    try:
+        msg = json_format.ParseDict(body, cls(), ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        name = doc.get("name") or doc.get("cluster_name") or "?"
+        raise ProxyError(f"cannot read {name!r} of the config dump: {exc}") from exc
     return snapshot.resource_to_dict(type_url, msg.SerializeToString(deterministic=True))
 
 
@@ -223,13 +227,15 @@ async def diff(
 ) -> Row:
     """The sidecar's live config against what etcd says it should hold, per type."""
     if admin is None:
-        records = [r for r in await status(etcd) if r["node"] == node_id]
+        from navigator.xds import status as status_mod
+
+        records = [r for r in await status_mod.read(etcd) if r.get("node") == node_id]
         if not records:
             raise ProxyError(
                 f"sidecar {node_id!r} has no status record in etcd (not connected to any "
                 "front-end?); pass --admin HOST:PORT to read it anyway"
             )
-        admin = records[-1]["admin"]
+        admin = str(records[-1].get("admin", ""))
         if not admin:
             raise ProxyError(
                 f"sidecar {node_id!r} did not say where its admin listens; pass --admin"
