@@ -74,7 +74,8 @@ async def status(etcd: etcd_mod.Etcd) -> list[Row]:
     from navigator.xds import status as status_mod
 
     records = await status_mod.read(etcd)
-    cache = await state.load_snapshots(etcd)
+    # NOTE: versions need names and hashes only: no resource is decoded or framed.
+    cache = await state.load_snapshots(etcd, bodies=False)
     rows = []
     for rec in records:
         node = _node(rec)

@@ -271,13 +271,16 @@ async def services(
     return rows
 
 
-async def load_snapshots(etcd: etcd_mod.Etcd, apps: Sequence[str] | None = None) -> Any:
+async def load_snapshots(
+    etcd: etcd_mod.Etcd, apps: Sequence[str] | None = None, *, bodies: bool = True
+) -> Any:
     """The stored snapshots, decoded as a front-end holds them (``SnapshotCache``): all of
-    them, or those of ``apps`` with the endpoint assignments they name (every variant)."""
+    them, or those of ``apps`` with the endpoint assignments they name (every variant);
+    without ``bodies``, names and hashes only (for versions)."""
     # NOTE: imported here so that the other commands do not load the protobuf modules.
     from navigator.xds import cache as cache_mod
 
-    cache = cache_mod.SnapshotCache(etcd)
+    cache = cache_mod.SnapshotCache(etcd, bodies=bodies)
     if apps is None:
         cache.load(await etcd.get_prefix(keys.SNAPSHOTS))
         return cache

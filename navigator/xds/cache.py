@@ -65,10 +65,12 @@ class AppEntry:
         return self.resources.get(type_url, {})
 
 
-def encode_app(snap: snapshot.AppSnapshot) -> AppEntry:
+def encode_app(snap: snapshot.AppSnapshot, *, bodies: bool = True) -> AppEntry:
     resources = {
         type_url: {
-            r.name: Encoded(r.name, r.hash, wire.resource_entry(type_url, r.body))
+            r.name: Encoded(
+                r.name, r.hash, wire.resource_entry(type_url, r.body) if bodies else b""
+            )
             for r in sorted(items, key=lambda r: r.name)
         }
         for type_url, items in snap.resources.items()
@@ -153,7 +155,11 @@ class SnapshotCache:
         ping_interval: float = 5.0,
         ping_timeout: float = 3.0,
         retry_delay: float = 1.0,
+        bodies: bool = True,
     ) -> None:
+        """Without ``bodies`` the cache holds names and hashes only (empty wire entries):
+        versions and ``resources.expected`` work, serving does not (``proxy-status``)."""
+        self._bodies = bodies
         self._etcd = etcd
         self._health = health
         self._ping_interval = ping_interval
@@ -384,7 +390,11 @@ class SnapshotCache:
             except keys.SchemaError as exc:
                 log.error("malformed EDS key, ignored", extra={"key": key, "error": str(exc)})
                 return
-            self._eds[key] = encode_eds(name, value)
+            self._eds[key] = (
+                encode_eds(name, value)
+                if self._bodies
+                else Encoded(name, snapshot.content_hash(value), b"")
+            )
         elif key.startswith(keys.LOCALITIES):
             self._load_localities(key, value)
             return
@@ -417,7 +427,9 @@ class SnapshotCache:
                     return False
                 value = snapshot.join_chunks(value, [c for c in chunks if c is not None])
             self._waiting.pop(key, None)
-            self._apps[key] = encode_app(snapshot.decode_app(value))
+            self._apps[key] = encode_app(
+                snapshot.decode_app(value, bodies=self._bodies), bodies=self._bodies
+            )
         except (keys.SchemaError, snapshot.SnapshotError) as exc:
             log.error(
                 "undecodable app snapshot, keeping the previous one",

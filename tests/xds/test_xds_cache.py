@@ -12,6 +12,7 @@ import xds_helpers as h
 from coordinator import etcd as etcd_mod
 from navigator import keys, model, runtime, snapshot
 from navigator.xds import cache as cache_mod
+from navigator.xds import resources
 
 APP_KEY = keys.app_snapshot_key(model.AppName("shop"), model.ClusterName("c1"))
 
@@ -132,3 +133,31 @@ async def test_a_listing_assembles_a_snapshot_in_parts(etcd: etcd_mod.Etcd) -> N
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_cache_of_hashes_only_gives_the_versions_of_the_full_one(
+    etcd: etcd_mod.Etcd,
+) -> None:
+    item, echo = h.Service("shop/item:8080", 18080), h.Service("shop/echo:7000", 17000)
+    await h.publish_app(etcd, h.app_snapshot("shop", "c1", [item, echo]))
+    await h.publish_eds(etcd, item.name, ("10.0.0.1", 8080))
+    await h.publish_eds(etcd, item.name, ("10.0.0.2", 8080), variant="z2")
+    await h.publish_eds(etcd, echo.name, ("10.0.0.3", 7000))
+    listing = await etcd.get_prefix(keys.SNAPSHOTS)
+    full, light = cache_mod.SnapshotCache(etcd), cache_mod.SnapshotCache(etcd, bodies=False)
+    full.load(listing)
+    light.load(listing)
+    for zone in ("", "z1", "z2"):
+        node = resources.NodeInfo(id="n", app="shop", k8s_cluster="c1", region="", zone=zone)
+        for type_url in snapshot.TYPE_URLS:
+            want, have = (resources.expected(c, node, type_url) for c in (full, light))
+            assert want is not None and have is not None
+            assert want[0] == have[0] != resources.EMPTY_VERSION, (zone, type_url)
+            assert {n: e.hash for n, e in want[1].items()} == {
+                n: e.hash for n, e in have[1].items()
+            }
+    # NOTE: the light cache holds no bytes to serve.
+    entry = light.app("shop", "c1")
+    assert entry is not None and all(
+        e.entry == b"" for by_name in entry.resources.values() for e in by_name.values()
+    )
