@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import random
 import shutil
 import signal
 import socket
@@ -22,7 +23,38 @@ class ProcError(RuntimeError):
     """A server could not be found or did not start."""
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` now, for a process to bind a moment later.
+
+    NOTE: chosen below the kernel's ephemeral range: a port-0 answer is an ephemeral port,
+    which any outgoing connection of the machine (an etcd client's, a watcher's) may take as
+    its local port before the process that was given it binds it; a front-end once failed to
+    start that way. Ports are not handed out twice by one process.
+    """
+    low, _ = _ephemeral_range()
+    first = max(1024, low - 12_000)
+    for _ in range(200):
+        port = random.randrange(first, low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
