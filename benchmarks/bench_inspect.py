@@ -44,12 +44,8 @@ What is measured, each ``--repeat`` times (commands interleaved round by round):
   YAML or JSON as the command prints them): what a command costs without start-up;
 - etcd bytes read per command: keys plus values of every Range answer its reader gets (the
   prefixes it lists), counted by a thin subclass of the client around ``get`` and
-  ``get_prefix``, with the time spent inside those calls;
-- two rows that are not commands, marked ``*``: ``state.snapshot_of`` and ``proxy.status``
-  with ``snapshots/`` listed as its three sub-prefixes (apps/, chunks/, eds/), one Range each.
-  The commands list ``snapshots/`` in one Range, and at size L that answer (about 64 MiB) is
-  over the etcd client's 64 MiB receive limit (``coordinator/etcd.py``), so they fail; these
-  rows show what their work costs where the listing arrives.
+  ``get_prefix``, with the time spent inside those calls. At size L ``snapshots/`` is about
+  64 MiB, more than one gRPC answer may carry: the client reads every listing in pages.
 
 A command that fails (non-zero exit, or an etcd error in-process) is shown FAILED with its
 error under the table, the other commands are still measured, and the run exits 1.
@@ -105,8 +101,6 @@ STALE_EVERY = 33
 LEASE_TTL = 3600
 """Leases of the seeded leader keys and status records: they outlive any run."""
 BAD_ANNOTATION = ("navigator.avito.ru/lb-policy", "fastest")
-SPLIT = (keys.APP_SNAPSHOTS, keys.CHUNKS, keys.EDS_SNAPSHOTS)
-"""Every key under ``keys.SNAPSHOTS``, in three listings (``navigator.keys``'s layout)."""
 
 
 class BenchError(Exception):
@@ -127,8 +121,6 @@ class CountingEtcd(etcd_mod.Etcd):
         self.range_seconds = 0.0
         self.apply_seconds = 0.0
         self.txns = 0
-        self.split_snapshots = False
-        """List ``snapshots/`` as its three sub-prefixes, one Range each (see ``SPLIT``)."""
 
     def reset(self) -> None:
         self.read_keys = self.read_bytes = self.ranges = 0
@@ -145,12 +137,6 @@ class CountingEtcd(etcd_mod.Etcd):
         return kv
 
     async def get_prefix(self, prefix: str, *, keys_only: bool = False) -> etcd_mod.Listing:
-        if self.split_snapshots and prefix == keys.SNAPSHOTS:
-            parts = [await self.get_prefix(p, keys_only=keys_only) for p in SPLIT]
-            items: dict[str, etcd_mod.KeyValue] = {}
-            for part in parts:
-                items |= part.items
-            return etcd_mod.Listing(max(part.revision for part in parts), items)
         started = time.perf_counter()
         listing = await super().get_prefix(prefix, keys_only=keys_only)
         self.range_seconds += time.perf_counter() - started
@@ -337,11 +323,7 @@ async def seed(etcd: CountingEtcd, size: dict[str, int]) -> Seeded:
     )
 
     with phase(phases, "snapshots: load into SnapshotCache"):
-        # NOTE: in three listings: at size L ``snapshots/`` in one answer is over the client's
-        # 64 MiB limit (which the measured commands then meet, and report).
-        etcd.split_snapshots = True
         cache = await state.load_snapshots(etcd)
-        etcd.split_snapshots = False
     records: dict[str, dict[str, bytes]] = collections.defaultdict(dict)
     seeded = sidecars(size["sidecars"], size["apps"])
     stale_by_type = dict.fromkeys(proxy.TYPES, 0)
@@ -437,12 +419,10 @@ def check_status(rows: list[dict[str, Any]], seeded: Seeded, where: str) -> dict
 @dataclasses.dataclass
 class Command:
     name: str
-    argv: list[str] | None
-    """``python -m navigator`` arguments; None: measured in this process only."""
+    argv: list[str]
+    """``python -m navigator`` arguments."""
     reader: Callable[[CountingEtcd], Awaitable[Any]] | None
     render: Callable[[Any], str] | None
-    split: bool = False
-    """Run the reader with ``snapshots/`` listed in three Ranges (a stand-in, not the tool)."""
 
 
 def commands(seeded: Seeded, url: str) -> list[Command]:
@@ -494,20 +474,6 @@ def commands(seeded: Seeded, url: str) -> list[Command]:
             proxy.status,
             lambda rows: state.dump(rows, "json"),
         ),
-        Command(
-            "  state.snapshot_of, snapshots/ in 3 Ranges *",
-            None,
-            snapshot_of,
-            lambda doc: state.dump(doc, "yaml"),
-            split=True,
-        ),
-        Command(
-            "  proxy.status, snapshots/ in 3 Ranges *",
-            None,
-            proxy.status,
-            lambda rows: state.dump(rows, "json"),
-            split=True,
-        ),
     ]
 
 
@@ -543,7 +509,6 @@ def run_cli(cmd: Command, out_dir: Path, seeded: Seeded, samples: Samples) -> No
     A command that exits non-zero is recorded (its last stderr line), not raised: the table
     shows it FAILED and the run exits 1 at the end.
     """
-    assert cmd.argv is not None
     stdout_path = out_dir / "stdout"
     stderr_path = out_dir / "stderr"
     rss_path = out_dir / "maxrss"
@@ -585,15 +550,12 @@ async def run_in_process(
     An etcd error is recorded as the command's would be (the table shows it FAILED)."""
     assert cmd.reader is not None and cmd.render is not None
     etcd.reset()
-    etcd.split_snapshots = cmd.split
     started = time.perf_counter()
     try:
         rows = await cmd.reader(etcd)
     except etcd_mod.EtcdError as exc:
         samples.read_error = state.one_line(exc)
         return
-    finally:
-        etcd.split_snapshots = False
     samples.read.append(time.perf_counter() - started)
     samples.in_ranges.append(etcd.range_seconds)
     samples.read_keys, samples.read_bytes, samples.ranges = (
@@ -647,15 +609,11 @@ def print_table(results: dict[str, Samples], cmds: list[Command], repeat: int) -
     for cmd in cmds:
         s = results[cmd.name]
         wall, read, render = figures(s.wall), figures(s.read), figures(s.render)
-        failed = bool(s.cli_error or s.read_error)
-        if cmd.argv is not None:
-            cli = (
-                f"{'FAILED' if s.cli_error else 'ok':>6} {fmt_ms(wall['median_ms']):>7} "
-                f"{fmt_ms(wall['p99_ms']):>7} {fmt_ms(wall['max_ms']):>7} "
-                f"{max(s.rss_kib) / 1024:>8,.0f}"
-            )
-        else:
-            cli = f"{'FAILED' if failed else 'ok':>6} {'-':>7} {'-':>7} {'-':>7} {'-':>8}"
+        cli = (
+            f"{'FAILED' if s.cli_error else 'ok':>6} {fmt_ms(wall['median_ms']):>7} "
+            f"{fmt_ms(wall['p99_ms']):>7} {fmt_ms(wall['max_ms']):>7} "
+            f"{max(s.rss_kib) / 1024:>8,.0f}"
+        )
         if cmd.reader is None:
             inproc, etcd_read = f"{'-':>7} {'-':>7}", "-"
         elif s.read_error:
@@ -663,7 +621,7 @@ def print_table(results: dict[str, Samples], cmds: list[Command], repeat: int) -
         else:
             inproc = f"{fmt_ms(read.get('median_ms')):>7} {fmt_ms(render.get('median_ms')):>7}"
             etcd_read = f"{s.read_keys:,} / {fmt_mib(s.read_bytes)}"
-        stdout = fmt_mib(s.stdout_bytes) if cmd.argv is not None else "-"
+        stdout = fmt_mib(s.stdout_bytes)
         print(f"{cmd.name:<50} {cli} | {inproc} | {etcd_read:>17} {stdout:>7}")
     print(
         f"n={repeat} per command, rounds interleaved; p99 is nearest-rank: with {repeat} "
@@ -675,12 +633,6 @@ def print_table(results: dict[str, Samples], cmds: list[Command], repeat: int) -
         "rendering of its rows (table, YAML or JSON, as the command prints them). etcd read: "
         "keys and bytes (key + value) of every Range answer the reader gets."
     )
-    if any(c.split for c in cmds):
-        print(
-            "* not a command: the same reader with snapshots/ listed as apps/, chunks/ and "
-            "eds/ in three Ranges (each under the client's 64 MiB message limit), to show "
-            "what the work costs where one Range cannot carry the listing."
-        )
     print()
     print(
         f"{'in-process reader (ms)':<50} {'median':>7} {'p99':>7} {'max':>7} | "
@@ -698,13 +650,15 @@ def print_table(results: dict[str, Samples], cmds: list[Command], repeat: int) -
         print(
             f"{cmd.name:<50} {fmt_ms(read['median_ms']):>7} {fmt_ms(read['p99_ms']):>7} "
             f"{fmt_ms(read['max_ms']):>7} | {fmt_ms(in_ranges):>8} "
-            f"{fmt_ms(read['median_ms'] - in_ranges):>7} | {fmt_ms(render['median_ms']):>7} "
+            f"{fmt_ms(max(0.0, read['median_ms'] - in_ranges)):>7} | "
+            f"{fmt_ms(render['median_ms']):>7} "
             f"{fmt_ms(render['p99_ms']):>7} | {s.ranges:>6}"
         )
     print(
         "in Range: median time inside the client's Range calls (etcd answering, gRPC "
-        "receiving, the client building its KeyValues); decode+: the rest of the reader "
-        "(decoding values, building rows)."
+        "receiving, the client building its KeyValues), summed over calls, which may run "
+        "at once (state snapshot reads its endpoint assignments concurrently); decode+: the "
+        "rest of the reader (decoding values, building rows), 0 when the calls overlapped."
     )
     errors = [
         (cmd.name.strip(), where, error)
@@ -746,8 +700,8 @@ async def measure(
     print(f"{'total':<40} {sum(p['keys'] for p in sizes):>8,} {fmt_mib(total):>9}")
     snapshots = sum(p["bytes"] for p in sizes if p["prefix"].startswith(keys.SNAPSHOTS))
     print(
-        f"snapshots/ as one Range answer: about {fmt_mib(snapshots)} MiB of keys and values "
-        f"(the etcd client accepts answers up to 64 MiB)"
+        f"snapshots/: about {fmt_mib(snapshots)} MiB of keys and values (one gRPC answer "
+        f"carries at most 64 MiB: listings are paged)"
     )
     print(
         f"seeded sidecars: {seeded.synced_rows} SYNCED, {seeded.stale_rows} STALE "
@@ -764,8 +718,7 @@ async def measure(
         for r in range(repeat):
             started = time.perf_counter()
             for cmd in cmds:
-                if cmd.argv is not None:
-                    run_cli(cmd, work, seeded, results[cmd.name])
+                run_cli(cmd, work, seeded, results[cmd.name])
                 if cmd.reader is not None:
                     await run_in_process(cmd, etcd, seeded, results[cmd.name])
             print(
@@ -814,8 +767,7 @@ async def measure(
         "etcd_prefixes": sizes,
         "commands": {
             cmd.name.strip(): {
-                "argv": None if cmd.argv is None else ["python", "-m", "navigator", *cmd.argv],
-                "split_snapshot_listing": cmd.split,
+                "argv": ["python", "-m", "navigator", *cmd.argv],
                 "wall_s": results[cmd.name].wall,
                 "wall": figures(results[cmd.name].wall),
                 "peak_rss_kib": results[cmd.name].rss_kib,
