@@ -278,6 +278,7 @@ def test_bare_endpoints_take_tls_when_it_is_given() -> None:
 async def test_etcd_client_from_the_command_line_options(tls_etcd: str, pki: Pki) -> None:
     args = _args(["--etcd", tls_etcd, *_tls_flags(pki)])
     async with runtime.etcd_client(args, timeout=2.0, retry_for=10.0) as etcd:
+        assert etcd.tls is not None and etcd.tls.ca == pki.ca.read_bytes()
         await _round_trip(etcd, "/tls/flags")
 
 
@@ -289,6 +290,7 @@ async def test_etcd_client_from_the_environment(
     monkeypatch.setenv("NAVIGATOR_ETCD_CERT", str(pki.client_cert))
     monkeypatch.setenv("NAVIGATOR_ETCD_KEY", str(pki.client_key))
     async with runtime.etcd_client(_args([]), timeout=2.0, retry_for=10.0) as etcd:
+        assert etcd.tls is not None and etcd.tls.cert == pki.client_cert.read_bytes()
         await _round_trip(etcd, "/tls/env")
 
 
