@@ -291,7 +291,8 @@ async def load_snapshots(
         chunks = await etcd.get_prefix(f"{keys.CHUNKS}{app}/")
         items |= heads.items | chunks.items
         revision = max(revision, heads.revision)
-    partial = cache_mod.SnapshotCache(etcd)
+    # NOTE: names and hashes are enough to know which endpoint assignments they name.
+    partial = cache_mod.SnapshotCache(etcd, bodies=False)
     partial.load(etcd_mod.Listing(revision, dict(items)))
     wanted: set[str] = set()
     for held_app, k8s in partial.apps():

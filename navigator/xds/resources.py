@@ -87,8 +87,7 @@ def desired(
     """
     if not source.loaded:
         return None
-    # NOTE: an app without a snapshot (no Nexus) gets the default one: its health listener.
-    entry = source.app(node.app, node.k8s_cluster) or source.app(keys.DEFAULT_APP, node.k8s_cluster)
+    entry = _entry_of(source, node)
     if entry is None:
         return EMPTY_VERSION, {}
     if type_url in WILDCARD_TYPES:
@@ -108,13 +107,18 @@ def expected(source: cache_mod.ConfigSource, node: NodeInfo, type_url: str) -> D
     """``desired`` for a node that subscribes, as Envoy does, to every endpoint assignment its
     clusters name and every route its listeners name: what ``navigator proxy-status`` and
     ``proxy-diff`` hold a sidecar's config against."""
-    entry = source.app(node.app, node.k8s_cluster) or source.app(keys.DEFAULT_APP, node.k8s_cluster)
+    entry = _entry_of(source, node)
     names: frozenset[str] = frozenset()
     if entry is not None and type_url == snapshot.ENDPOINT:
         names = entry.endpoints
     elif entry is not None and type_url == snapshot.ROUTE:
         names = frozenset(entry.of_type(snapshot.ROUTE))
     return desired(source, node, type_url, names)
+
+
+def _entry_of(source: cache_mod.ConfigSource, node: NodeInfo) -> cache_mod.AppEntry | None:
+    # NOTE: an app without a snapshot (no Nexus) gets the default one: its health listener.
+    return source.app(node.app, node.k8s_cluster) or source.app(keys.DEFAULT_APP, node.k8s_cluster)
 
 
 def body_of(encoded: cache_mod.Encoded) -> bytes:
