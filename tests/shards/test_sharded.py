@@ -278,3 +278,37 @@ async def test_a_marker_ahead_of_every_state_change_is_settled_by_a_progress_not
         await _etcd_holds(etcd, _want(objs))
     listing = await etcd.get_prefix(keys.SNAPSHOTS)
     assert {k: kv.value for k, kv in listing.items.items()} == _want(objs)
+
+
+async def test_a_long_computation_gives_the_event_loop_turns_and_computes_the_same() -> None:
+    """The first computation of a big mesh takes seconds: run at once it would starve the
+    lease keepalives and the translator would lose its shards while computing them."""
+    objs = _mesh(apps=400)
+    done = [runner.Translator(etcd=None, options=translate.Options()) for _ in range(2)]  # type: ignore[arg-type]
+    for tr in done:
+        for o in objs:
+            tr.apply(keys.state_key(o), model.encode(o))
+        tr.apply(keys.synced_key(EAST), b"{}")
+    ticks = 0
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    before = ticks
+    slice_was = runner.COMPUTE_SLICE
+    runner.COMPUTE_SLICE = 0.0  # NOTE: a turn after every step, so the test needs no big mesh
+    try:
+        async_puts, async_deletes = await done[0].compute_async()
+    finally:
+        runner.COMPUTE_SLICE = slice_was
+        stop.set()
+        await task
+    assert ticks - before > 400, "the loop ran between the apps' steps"
+    assert (async_puts, async_deletes) == done[1].compute()
+    assert set(async_puts) >= set(_want(objs))
