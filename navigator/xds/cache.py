@@ -27,10 +27,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
+import sys
 import time
-from collections.abc import Hashable, Iterable, Mapping
+import weakref
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Protocol
 
 from coordinator import etcd as etcd_mod
@@ -40,7 +43,7 @@ from navigator.xds import wire
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, weakref_slot=True)
 class Encoded:
     """One resource as it goes on the wire; built once when the snapshot is loaded."""
 
@@ -52,9 +55,15 @@ class Encoded:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AppEntry:
-    """A decoded app snapshot with its resources pre-encoded, by type URL then name."""
+    """A decoded app snapshot with its resources pre-encoded, by type URL then name.
 
-    snapshot: snapshot.AppSnapshot
+    NOTE: the decoded snapshot itself is not kept: at a mesh's scale its base64-decoded bodies
+    and JSON strings were a third of a front-end's memory, and nothing reads them once the
+    resources are encoded.
+    """
+
+    app: str
+    cluster: str
     resources: Mapping[str, Mapping[str, Encoded]]
     endpoints: frozenset[str]
     versions: Mapping[str, str]
@@ -65,14 +74,34 @@ class AppEntry:
         return self.resources.get(type_url, {})
 
 
-def encode_app(snap: snapshot.AppSnapshot, *, bodies: bool = True) -> AppEntry:
-    resources = {
-        type_url: {
-            r.name: Encoded(
-                r.name, r.hash, wire.resource_entry(type_url, r.body) if bodies else b""
+def _name(r: snapshot.Resource) -> str:
+    return r.name
+
+
+Pool = weakref.WeakValueDictionary[tuple[str, str, str], Encoded]
+"""Encoded resources by (type URL, name, hash), while some app holds them."""
+
+
+def encode_app(
+    snap: snapshot.AppSnapshot, *, bodies: bool = True, pool: Pool | None = None
+) -> AppEntry:
+    """``pool``: reuse an equal resource another app already holds. The cluster, listener
+    and route of a service are the same bytes in every app that sees it: at a mesh's scale
+    (1,000 apps x 20 services) one object each instead of one per app."""
+
+    def encoded(type_url: str, r: snapshot.Resource) -> Encoded:
+        key = (type_url, r.name, r.hash)
+        found = pool.get(key) if pool is not None else None
+        if found is None:
+            found = Encoded(
+                sys.intern(r.name), r.hash, wire.resource_entry(type_url, r.body) if bodies else b""
             )
-            for r in sorted(items, key=lambda r: r.name)
-        }
+            if pool is not None:
+                pool[key] = found
+        return found
+
+    resources = {
+        type_url: {e.name: e for e in (encoded(type_url, r) for r in sorted(items, key=_name))}
         for type_url, items in snap.resources.items()
     }
     versions = {
@@ -80,15 +109,51 @@ def encode_app(snap: snapshot.AppSnapshot, *, bodies: bool = True) -> AppEntry:
         for type_url, by_name in resources.items()
     }
     return AppEntry(
-        snapshot=snap,
+        app=snap.app,
+        cluster=snap.cluster,
         resources=resources,
-        endpoints=frozenset(snap.endpoints),
+        endpoints=frozenset(map(sys.intern, snap.endpoints)),
         versions=versions,
     )
 
 
 def encode_eds(name: str, body: bytes) -> Encoded:
     return Encoded(name, snapshot.content_hash(body), wire.resource_entry(snapshot.ENDPOINT, body))
+
+
+def _seen(key: str, value: bytes) -> bytes:
+    """What the cache keeps of a value to tell whether it changed: a snapshot part itself (it
+    is joined into its head later), a 16-byte digest of anything else."""
+    if key.startswith(keys.CHUNKS):
+        return value
+    return b"#" + hashlib.blake2b(value, digest_size=16).digest()
+
+
+def _pick(by_variant: Mapping[str, Encoded], zone: str) -> Encoded | None:
+    return (by_variant.get(zone) if zone else None) or by_variant.get(keys.DEFAULT_VARIANT)
+
+
+class ZoneView(Mapping[str, Encoded]):
+    """``ConfigSource.zone_view`` for a source that keeps no index: looked up per name."""
+
+    def __init__(self, source: ConfigSource, zone: str) -> None:
+        self._source = source
+        self._zone = zone
+
+    def __getitem__(self, name: str) -> Encoded:
+        eds = self._source.eds
+        found = (eds(name, self._zone) if self._zone else None) or eds(
+            name, keys.DEFAULT_VARIANT
+        )
+        if found is None:
+            raise KeyError(name)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        raise TypeError("a ZoneView is for lookups only")
+
+    def __len__(self) -> int:
+        raise TypeError("a ZoneView is for lookups only")
 
 
 class Subscription:
@@ -128,6 +193,11 @@ class ConfigSource(Protocol):
 
     def eds(self, name: str, variant: str) -> Encoded | None: ...
 
+    def zone_view(self, zone: str) -> Mapping[str, Encoded]:
+        """Every endpoint assignment as a sidecar of ``zone`` gets it: the zone's variant,
+        else the default; ``""``: the default only."""
+        ...
+
     def locality(self, cluster: str, node: str) -> tuple[str, str] | None:
         """(region, zone) of a Kubernetes node of ``cluster``, if the translators published it."""
         ...
@@ -166,9 +236,16 @@ class SnapshotCache:
         self._ping_timeout = ping_timeout
         self._retry_delay = retry_delay
         self._raw: dict[str, bytes] = {}
+        """What each key holds: the value of a snapshot part (a head is joined from its
+        parts), a digest of the others (``_seen``), enough to tell a change."""
         self._memo: dict[Hashable, object] = {}
         self._apps: dict[str, AppEntry] = {}
         self._eds: dict[str, Encoded] = {}
+        self._pool: Pool = weakref.WeakValueDictionary()
+        self._eds_variants: dict[str, dict[str, Encoded]] = {}
+        """The same assignments by name then variant: what ``eds`` looks up per stream and
+        push, without building a key string."""
+        self._zone_views: dict[str, dict[str, Encoded]] = {}
         self._localities: dict[str, dict[str, tuple[str, str]]] = {}
         self._subs: set[Subscription] = set()
         self._index: dict[str, set[Subscription]] = {}
@@ -201,7 +278,29 @@ class SnapshotCache:
         return self._apps.get(keys.app_snapshot_key(model.AppName(app), model.ClusterName(cluster)))
 
     def eds(self, name: str, variant: str) -> Encoded | None:
-        return self._eds.get(keys.eds_key(name, variant))
+        found = self._eds_variants.get(name)
+        return found.get(variant) if found is not None else None
+
+    def zone_view(self, zone: str) -> Mapping[str, Encoded]:
+        # NOTE: kept up to date on every EDS change (one entry per view touched): a stream's
+        # subscription of 40 names then costs 40 dict lookups per push, nothing more.
+        view = self._zone_views.get(zone)
+        if view is None:
+            view = self._zone_views[zone] = {}
+            for name, by_variant in self._eds_variants.items():
+                found = _pick(by_variant, zone)
+                if found is not None:
+                    view[name] = found
+        return view
+
+    def _update_views(self, name: str) -> None:
+        by_variant = self._eds_variants.get(name, {})
+        for zone, view in self._zone_views.items():
+            found = _pick(by_variant, zone)
+            if found is None:
+                view.pop(name, None)
+            else:
+                view[name] = found
 
     def locality(self, cluster: str, node: str) -> tuple[str, str] | None:
         return self._localities.get(cluster, {}).get(node)
@@ -336,7 +435,7 @@ class SnapshotCache:
         for key in [k for k in self._raw if k not in listing.items]:
             self._apply(key, None)
         for key, kv in listing.items.items():
-            if self._raw.get(key) != kv.value:
+            if self._raw.get(key) != _seen(key, kv.value):
                 self._apply(key, kv.value)
         self.revision = listing.revision
         self._revision_moved.set()
@@ -357,21 +456,29 @@ class SnapshotCache:
         self._flush()
 
     def _apply(self, key: str, value: bytes | None) -> None:
-        if self._raw.get(key) != value:
+        if value is not None:
+            value_seen = _seen(key, value)
+        if self._raw.get(key) != (None if value is None else value_seen):
             # NOTE: derived results (e.g. a zone's endpoint response) are stale from now on.
             self._memo = {}
         if value is None:
             if self._raw.pop(key, None) is not None:
                 self._apps.pop(key, None)
-                self._eds.pop(key, None)
+                if self._eds.pop(key, None) is not None:
+                    name, variant = keys.parse_eds_key(key)
+                    by_variant = self._eds_variants.get(name, {})
+                    by_variant.pop(variant, None)
+                    if not by_variant:
+                        self._eds_variants.pop(name, None)
+                    self._update_views(name)
                 if key.startswith(keys.LOCALITIES):
                     self._localities.pop(key[len(keys.LOCALITIES) :], None)
                 self._waiting.pop(key, None)
                 self._pending.add(key)
             return
-        if self._raw.get(key) == value:
+        if self._raw.get(key) == value_seen:
             return
-        self._raw[key] = value
+        self._raw[key] = value_seen
         if key.startswith(keys.APP_SNAPSHOTS):
             if not self._load_app(key, value):
                 return
@@ -386,15 +493,17 @@ class SnapshotCache:
             key = head_key
         elif key.startswith(keys.EDS_SNAPSHOTS):
             try:
-                name, _ = keys.parse_eds_key(key)
+                name, variant = keys.parse_eds_key(key)
             except keys.SchemaError as exc:
                 log.error("malformed EDS key, ignored", extra={"key": key, "error": str(exc)})
                 return
-            self._eds[key] = (
+            encoded = self._eds[key] = (
                 encode_eds(name, value)
                 if self._bodies
                 else Encoded(name, snapshot.content_hash(value), b"")
             )
+            self._eds_variants.setdefault(name, {})[variant] = encoded
+            self._update_views(name)
         elif key.startswith(keys.LOCALITIES):
             self._load_localities(key, value)
             return
@@ -428,7 +537,9 @@ class SnapshotCache:
                 value = snapshot.join_chunks(value, [c for c in chunks if c is not None])
             self._waiting.pop(key, None)
             self._apps[key] = encode_app(
-                snapshot.decode_app(value, bodies=self._bodies), bodies=self._bodies
+                snapshot.decode_app(value, bodies=self._bodies),
+                bodies=self._bodies,
+                pool=self._pool,
             )
         except (keys.SchemaError, snapshot.SnapshotError) as exc:
             log.error(

@@ -110,7 +110,7 @@ async def test_a_snapshot_in_parts_is_served_only_once_every_part_is_here(
     await h.applied(cache, await etcd.put(keys.chunk_key(app, k8s, digest), last))
     await asyncio.wait_for(sub.changed.wait(), 5)
     entry = cache.app("shop", "c1")
-    assert entry is not None and entry.snapshot == snapshot.decode_app(body)
+    assert entry == cache_mod.encode_app(snapshot.decode_app(body))
     sub.close()
 
 
@@ -128,7 +128,7 @@ async def test_a_listing_assembles_a_snapshot_in_parts(etcd: etcd_mod.Etcd) -> N
         await asyncio.wait_for(cache.wait_loaded(), 10)
         # NOTE: a listing is sorted by key: the head comes before its parts.
         entry = cache.app("shop", "c1")
-        assert entry is not None and entry.snapshot == snapshot.decode_app(body)
+        assert entry == cache_mod.encode_app(snapshot.decode_app(body))
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -161,3 +161,21 @@ async def test_a_cache_of_hashes_only_gives_the_versions_of_the_full_one(
     assert entry is not None and all(
         e.entry == b"" for by_name in entry.resources.values() for e in by_name.values()
     )
+
+
+async def test_a_zones_view_follows_its_variant_then_the_default(
+    etcd: etcd_mod.Etcd, loaded: tuple[cache_mod.SnapshotCache, runtime.Health]
+) -> None:
+    cache, _ = loaded
+    view = cache.zone_view("z1")  # NOTE: made before the writes: it must follow them.
+    default = cache.zone_view("")
+    await h.applied(cache, await h.publish_eds(etcd, "one", ("10.0.0.1", 80)))
+    assert view["one"] is cache.eds("one", keys.DEFAULT_VARIANT) is default["one"]
+    await h.applied(cache, await h.publish_eds(etcd, "one", ("10.0.1.1", 80), variant="z1"))
+    assert view["one"] is cache.eds("one", "z1")
+    assert default["one"] is cache.eds("one", keys.DEFAULT_VARIANT)
+    assert cache.zone_view("z2")["one"] is default["one"], "a zone without its variant"
+    await h.applied(cache, await etcd.delete(keys.eds_key("one", "z1")))
+    assert view["one"] is default["one"]
+    await h.applied(cache, await etcd.delete(keys.eds_key("one")))
+    assert "one" not in view and "one" not in default

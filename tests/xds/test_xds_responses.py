@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 
 import pytest
 import xds_helpers as h
@@ -31,6 +31,9 @@ class FakeSource:
 
     def eds(self, name: str, variant: str) -> cache_mod.Encoded | None:
         return self.blobs.get((name, variant))
+
+    def zone_view(self, zone: str) -> Mapping[str, cache_mod.Encoded]:
+        return cache_mod.ZoneView(self, zone)  # type: ignore[arg-type]
 
     def subscribe(self) -> cache_mod.Subscription:
         raise NotImplementedError
