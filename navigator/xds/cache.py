@@ -33,8 +33,8 @@ import logging
 import sys
 import time
 import weakref
-from collections.abc import Hashable, Iterable, Iterator, Mapping
-from typing import Protocol
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 from coordinator import etcd as etcd_mod
 from navigator import keys, model, runtime, snapshot
@@ -129,6 +129,10 @@ def _seen(key: str, value: bytes) -> bytes:
     return b"#" + hashlib.blake2b(value, digest_size=16).digest()
 
 
+HISTORY_MAX = 65536
+EDS_LOG_KEPT = 50000
+
+
 def _pick(by_variant: Mapping[str, Encoded], zone: str) -> Encoded | None:
     return (by_variant.get(zone) if zone else None) or by_variant.get(keys.DEFAULT_VARIANT)
 
@@ -208,6 +212,19 @@ class ConfigSource(Protocol):
         """A dict for results derived from the current state, emptied whenever it changes."""
         ...
 
+    def history(self) -> dict[Hashable, Any]:
+        """A dict for results kept across changes (bounded; emptied when it grows too big)."""
+        ...
+
+    def eds_epoch(self) -> int:
+        """A counter of endpoint assignment changes applied."""
+        ...
+
+    def eds_changed_since(self, epoch: int) -> Sequence[str] | None:
+        """The names of the endpoint assignments changed since ``eds_epoch()`` was ``epoch``
+        (any variant), or None when that is no longer known."""
+        ...
+
     def caught_up(self, since: float) -> bool:
         """Checked against etcd since local monotonic time ``since``; if not, a check is
         started and every subscription is woken when it completes."""
@@ -246,6 +263,10 @@ class SnapshotCache:
         """The same assignments by name then variant: what ``eds`` looks up per stream and
         push, without building a key string."""
         self._zone_views: dict[str, dict[str, Encoded]] = {}
+        self._eds_log: list[str] = []
+        """The name of every endpoint assignment change applied, oldest first (bounded)."""
+        self._eds_log_base = 0
+        self._history: dict[Hashable, Any] = {}
         self._localities: dict[str, dict[str, tuple[str, str]]] = {}
         self._subs: set[Subscription] = set()
         self._index: dict[str, set[Subscription]] = {}
@@ -312,6 +333,25 @@ class SnapshotCache:
 
     def memo(self) -> dict[Hashable, object]:
         return self._memo
+
+    def history(self) -> dict[Hashable, Any]:
+        if len(self._history) > HISTORY_MAX:
+            self._history.clear()
+        return self._history
+
+    def eds_epoch(self) -> int:
+        return self._eds_log_base + len(self._eds_log)
+
+    def eds_changed_since(self, epoch: int) -> Sequence[str] | None:
+        if epoch < self._eds_log_base:
+            return None
+        return self._eds_log[epoch - self._eds_log_base :]
+
+    def _log_eds(self, name: str) -> None:
+        self._eds_log.append(name)
+        if len(self._eds_log) > 2 * EDS_LOG_KEPT:
+            del self._eds_log[:EDS_LOG_KEPT]
+            self._eds_log_base += EDS_LOG_KEPT
 
     def load(self, listing: etcd_mod.Listing) -> None:
         """Takes ``listing`` (of ``keys.SNAPSHOTS``) as the whole state, without a watch: for
@@ -471,6 +511,7 @@ class SnapshotCache:
                     if not by_variant:
                         self._eds_variants.pop(name, None)
                     self._update_views(name)
+                    self._log_eds(name)
                 if key.startswith(keys.LOCALITIES):
                     self._localities.pop(key[len(keys.LOCALITIES) :], None)
                 self._waiting.pop(key, None)
@@ -504,6 +545,7 @@ class SnapshotCache:
             )
             self._eds_variants.setdefault(name, {})[variant] = encoded
             self._update_views(name)
+            self._log_eds(name)
         elif key.startswith(keys.LOCALITIES):
             self._load_localities(key, value)
             return

@@ -179,3 +179,40 @@ async def test_a_zones_view_follows_its_variant_then_the_default(
     assert view["one"] is default["one"]
     await h.applied(cache, await etcd.delete(keys.eds_key("one")))
     assert "one" not in view and "one" not in default
+
+
+async def test_endpoints_derived_from_the_last_answer_equal_a_fresh_computation(
+    etcd: etcd_mod.Etcd, loaded: tuple[cache_mod.SnapshotCache, runtime.Health]
+) -> None:
+    """A stream's assignments are updated from its last answer and the names changed since;
+    after any sequence of changes they must be what a computation from scratch gives."""
+    import random
+
+    from envoy.config.core.v3 import base_pb2
+
+    cache, _ = loaded
+    services = [h.Service(f"s{i}", 21000 + i) for i in range(5)]
+    await h.applied(cache, await h.publish_app(etcd, h.app_snapshot("shop", "c1", services)))
+    entry = cache.app("shop", "c1")
+    assert entry is not None
+    names = frozenset(s.name for s in services[:4]) | {"not-in-the-app"}
+    pb = base_pb2.Node(id="n", cluster="shop", locality=base_pb2.Locality(zone="z1"))
+    pb.metadata.update({"app": "shop", "k8s_cluster": "c1"})
+    node = resources.NodeInfo.from_proto(pb)
+    rnd = random.Random(3)
+    seen_versions = set()
+    for step in range(40):
+        name = rnd.choice([s.name for s in services])
+        variant = rnd.choice([keys.DEFAULT_VARIANT, "z1", "z2"])
+        if rnd.random() < 0.3:
+            rev = await etcd.delete(keys.eds_key(name, variant))
+        else:
+            rev = await h.publish_eds(etcd, name, (f"10.0.{step}.1", 80), variant=variant)
+        await h.applied(cache, rev)
+        got = resources.desired(cache, node, snapshot.ENDPOINT, names)
+        fresh = resources._named(cache, entry, "z1", snapshot.ENDPOINT, names)
+        assert got is not None
+        assert got[0] == fresh[0] and dict(got[1]) == dict(fresh[1]), f"step {step}"
+        assert list(got[1]) == sorted(got[1]), "in name order"
+        seen_versions.add(got[0])
+    assert len(seen_versions) > 10, "the changes did change what the node holds"

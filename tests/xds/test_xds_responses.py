@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import pytest
 import xds_helpers as h
@@ -34,6 +35,15 @@ class FakeSource:
 
     def zone_view(self, zone: str) -> Mapping[str, cache_mod.Encoded]:
         return cache_mod.ZoneView(self, zone)  # type: ignore[arg-type]
+
+    def history(self) -> dict[Hashable, Any]:
+        return {}
+
+    def eds_epoch(self) -> int:
+        return 0
+
+    def eds_changed_since(self, epoch: int) -> Sequence[str] | None:
+        return None
 
     def subscribe(self) -> cache_mod.Subscription:
         raise NotImplementedError
