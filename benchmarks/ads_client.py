@@ -34,6 +34,8 @@ are reported as ``{"kind": "error", ...}`` and the stream is re-opened after a s
 Efficiency: one event loop, streams spread over a few channels (``--streams-per-channel``,
 each channel its own TCP connection), reports batched into one write per loop iteration, and
 each distinct resource decoded once per process (sidecars of one app receive the same bytes).
+The pieces shared with the mesh benchmark's sidecars (node, channel options, reporter, decode
+caches) come from ``navigator.bench.sidecars``.
 
 Run (normally started by the driver)::
 
@@ -48,9 +50,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import functools
-import json
 import signal
 import sys
 import time
@@ -59,88 +58,25 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
-from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.protobuf import struct_pb2
 
-CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+# NOTE: shared with the mesh benchmark's sidecars (one definition of the node, the channel
+# options, the batched reporter and the decode caches); ``bench_frontend.py`` reaches
+# ``make_node`` and ``CDS`` through this module.
+from navigator.bench.sidecars import (
+    CDS,
+    CHANNEL_OPTIONS,
+    EDS,
+    RECONNECT_DELAY,
+    Reporter,
+    assignment_of,
+    close_down,
+    eds_name_of,
+    make_node,
+)
+
 DEFAULT_WATCH = "bench/target:8080"
-RECONNECT_DELAY = 0.5
-
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    # NOTE: without a local subchannel pool every channel to the same target would share one
-    # TCP connection, and "a few channels" would be one.
-    ("grpc.use_local_subchannel_pool", 1),
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-    ("grpc.keepalive_time_ms", 30_000),
-]
-
-
-class Reporter:
-    """JSON lines to the driver, batched: at most one socket write per loop iteration."""
-
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self._writer = writer
-        self._lines: list[bytes] = []
-        self._scheduled = False
-
-    def send(self, message: dict[str, Any]) -> None:
-        self._lines.append(json.dumps(message, separators=(",", ":")).encode() + b"\n")
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        lines, self._lines = self._lines, []
-        if lines and not self._writer.is_closing():
-            self._writer.write(b"".join(lines))
-
-    async def drain(self) -> None:
-        self._flush()
-        if not self._writer.is_closing():
-            await self._writer.drain()
-
-
-def make_node(*, node_id: str, app: str, k8s_cluster: str, region: str, zone: str) -> base_pb2.Node:
-    metadata = struct_pb2.Struct()
-    metadata.update({"app": app, "k8s_cluster": k8s_cluster})
-    return base_pb2.Node(
-        id=node_id,
-        cluster=app,
-        metadata=metadata,
-        locality=base_pb2.Locality(region=region, zone=zone),
-    )
-
-
-@functools.lru_cache(maxsize=4096)
-def eds_name_of(value: bytes) -> str | None:
-    """The EDS resource name of a serialized Cluster, None if it is not an EDS cluster.
-
-    NOTE: cached by the bytes: every sidecar of an app receives the same ones, and decoding
-    them once per process keeps the simulated sidecars from being the bottleneck.
-    """
-    cluster = cluster_pb2.Cluster.FromString(value)
-    if cluster.WhichOneof("cluster_discovery_type") != "type":
-        return None
-    if cluster.type != cluster_pb2.Cluster.EDS:
-        return None
-    return str(cluster.eds_cluster_config.service_name or cluster.name)
-
-
-@functools.lru_cache(maxsize=4096)
-def assignment_of(value: bytes) -> tuple[str, tuple[str, ...]]:
-    """The cluster name and sorted ``ip:port`` of a serialized ClusterLoadAssignment."""
-    cla = endpoint_pb2.ClusterLoadAssignment.FromString(value)
-    out: set[str] = set()
-    for locality in cla.endpoints:
-        for lb in locality.lb_endpoints:
-            sock = lb.endpoint.address.socket_address
-            out.add(f"{sock.address}:{sock.port_value}")
-    return cla.cluster_name, tuple(sorted(out))
 
 
 def eds_names(resp: discovery_pb2.DiscoveryResponse) -> tuple[str, ...]:
@@ -430,22 +366,7 @@ async def amain(args: argparse.Namespace) -> int:
     try:
         await asyncio.wait({driver_gone, stopped}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in [*tasks, driver_gone, stopped]:
-            task.cancel()
-        await asyncio.gather(*tasks, driver_gone, stopped, return_exceptions=True)
-        for ch in channels:
-            await ch.close(grace=None)
-        with contextlib.suppress(ConnectionError):
-            await reporter.drain()
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
-        # NOTE: the driver may send SIGTERM as we exit on its closed connection. Closing the
-        # loop closes its wakeup fd before it removes its signal handlers, and a signal in
-        # between prints "Exception ignored ... signal wakeup fd". Done here: ignore them.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-            signal.signal(sig, signal.SIG_IGN)
+        await close_down([*tasks, driver_gone, stopped], channels, reporter, writer)
     return 0
 
 

@@ -30,10 +30,11 @@ errors and on Ctrl-C too):
   keys (a thin client subclass notes the time) to the moment the LAST stream reports the new
   endpoint set (``addrs`` of ``ads_client``'s reports; times are the clients' receipt time,
   same clock). Also shown: from the flush's start, and to the first stream;
-- (c) floor, per N: ``replay_server.py`` loaded once from the same etcd (then no etcd), the
-  same N sidecars in fresh client processes; start-up the same way; ``--changes`` flips
-  (``POST /flip``: the target's assignment without its last endpoint, then back), timed from
-  just before the flip request to the last stream holding the new set.
+- (c) floor, per N: ``navigator.bench.replay`` (``--watch`` the target) loaded once from the
+  same etcd (then no etcd), the same N sidecars in fresh client processes; start-up the same
+  way; ``--changes`` flips (``POST /flip`` with no body: the target's assignment without its
+  last endpoint, then back), timed from just before the flip request to the last stream
+  holding the new set.
 
 Per phase also: the server's RSS (``/proc/PID/status``) before the first stream and with all N
 idle (after a quiet period), per stream the difference / N; its CPU (``/proc/PID/stat`` utime +
@@ -80,7 +81,8 @@ from navigator.lab import procs
 from shards import runner, translate
 
 HERE = Path(__file__).resolve().parent
-REPLAY = HERE / "replay_server.py"
+REPLAY = "navigator.bench.replay"
+"""The floor server's module (``python -m``)."""
 PY_SPY = Path(sys.executable).with_name("py-spy")
 OTHERS = 5
 """Other services in the mesh; each app's Nexus names 3 of them besides the target."""
@@ -311,7 +313,19 @@ def start_server(system: bec.System, kind: str, url: str, session: aiohttp.Clien
     else:
         proc = system.spawn(
             "replay",
-            [sys.executable, str(REPLAY), "--etcd", url, "--listen", listen, "--http", http],
+            [
+                sys.executable,
+                "-m",
+                REPLAY,
+                "--etcd",
+                url,
+                "--listen",
+                listen,
+                "--http",
+                http,
+                "--watch",
+                bec.EDS_NAME,
+            ],
             tier=bec.TIER_CONTROL_PLANE,
             role="replay",
         )
@@ -876,8 +890,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(pairs))
     print(
         "ours: navigator xds; timed from just before the translator's etcd write of the EDS "
-        "keys. floor: replay_server.py (pre-encoded bytes, no etcd); timed from just before "
-        "POST /flip. Latency to the clients' receipt (time.time(), same machine)."
+        "keys. floor: navigator.bench.replay (pre-encoded bytes, no etcd); timed from just "
+        "before POST /flip. Latency to the clients' receipt (time.time(), same machine)."
     )
     if args.out is not None:
         args.out.write_text(json.dumps(bec.no_nan(doc), indent=2, allow_nan=False) + "\n")
