@@ -101,7 +101,7 @@ class Translator:
         etcd: etcd_mod.Etcd,
         *,
         options: translate.Options,
-        debounce: float = 0.02,
+        debounce: float = 0.01,
         shards: int = 1,
         lead_all: bool = True,
     ) -> None:
@@ -1233,7 +1233,7 @@ async def running(
     etcd: etcd_mod.Etcd,
     *,
     options: translate.Options | None = None,
-    debounce: float = 0.02,
+    debounce: float = 0.01,
     replica: Replica | None = None,
     shards: int = 1,
 ) -> AsyncIterator[Translator]:
@@ -1290,7 +1290,9 @@ def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
         default=translate.HEALTH_PORT,
         help="port of every sidecar's /healthz listener, 0 for none (default %(default)s)",
     )
-    parser.add_argument("--debounce", type=float, default=0.02, help="seconds to coalesce changes")
+    parser.add_argument(
+        "--debounce", type=float, default=0.01, help="seconds to coalesce changes (default 0.01)"
+    )
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(list(argv) if argv is not None else None)
 

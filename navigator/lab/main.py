@@ -217,7 +217,7 @@ class Shape:
     shards: int = 8
     lease_ttl: int = 5
     """Of watchers and translators: how long a dead leader holds on."""
-    translator_debounce: float = 0.02
+    translator_debounce: float = 0.01
     sidecar_xds: str = "sotw"
     """The xDS variant of sidecars whose lab.yaml entry does not say (``sotw``/``delta``)."""
     frontend_proxies: bool = False

@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Iterable
 
@@ -215,13 +216,22 @@ class SyncStore:
         try:
             await self._load()
             backoff = 0.0
+            loop = asyncio.get_running_loop()
+            flushed = -math.inf
             while True:
                 await self._wake.wait()
-                # NOTE: the delay lets a burst of events accumulate into one batch.
-                await asyncio.sleep(max(self._delay, backoff))
+                # NOTE: the delay lets a burst of events accumulate into one batch. A change
+                # after a quiet period (no state written for the delay) is written at once: a
+                # lone endpoint change does not wait, and the rest of a burst that follows it
+                # waits for the delay and goes as one batch.
+                if backoff or loop.time() - flushed < self._delay:
+                    await asyncio.sleep(max(self._delay, backoff))
+                else:
+                    await asyncio.sleep(0)
                 self._wake.clear()
                 try:
-                    await self._flush()
+                    if await self._flush():
+                        flushed = loop.time()
                     await self._maybe_mark_synced()
                 except etcd_mod.Deposed:
                     raise
@@ -304,7 +314,8 @@ class SyncStore:
         live = self._live.get(ident.kind)
         return live is not None and ident not in live
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> int:
+        """Writes what is dirty; returns how many state keys it put or deleted."""
         puts: dict[str, bytes] = {}
         deletes: list[str] = []
         # NOTE: per ident, what etcd will hold once this batch lands (None: nothing), and the
@@ -362,6 +373,7 @@ class SyncStore:
             )
             self._stale_written = stale_op or None
             self._stale_dirty = False
+        return len(puts) + len(deletes)
 
     def _stale_op(self) -> bytes | None:
         """The stale marker to put (bytes), delete (b""), or None for nothing to do."""

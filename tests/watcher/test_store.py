@@ -299,3 +299,24 @@ def _stale_seconds() -> float:
     )
     assert value is not None
     return value
+
+
+async def test_a_lone_change_after_a_quiet_period_does_not_wait_out_the_delay(
+    etcd: etcd_mod.Etcd,
+) -> None:
+    # NOTE: a delay far longer than the wait below: only a write at once can pass.
+    s = store.SyncStore(cluster=C, etcd=etcd, kinds=[model.Kind.NODE], delay=30.0)
+    async with running(s):
+        await asyncio.wait_for(s.loaded.wait(), 10)
+        s.upsert(node("first"))
+
+        async def written(name: str) -> None:
+            while await etcd.get(keys.state_key(node(name))) is None:
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(written("first"), 5)
+        # The next change comes within the delay of that write: it waits for the rest of its
+        # burst, so it is not in etcd yet.
+        s.upsert(node("second"))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(written("second"), 1.0)
