@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Sequence
 from typing import TypeVar
@@ -102,12 +103,14 @@ class Translator:
         *,
         options: translate.Options,
         debounce: float = 0.01,
+        min_interval: float = 0.05,
         shards: int = 1,
         lead_all: bool = True,
     ) -> None:
         self.etcd = etcd
         self.options = options
         self.debounce = debounce
+        self.min_interval = min_interval
         self.shards = shards
         self.published = asyncio.Event()
         """Set after the first flush that wrote or found everything up to date."""
@@ -1118,10 +1121,16 @@ class Translator:
                 self.state_seen(ev.revision)
 
     async def _publisher(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = -math.inf
         while True:
             await self._changed.wait()
-            # NOTE: the debounce coalesces a burst (a roll-out) into one publication.
-            await asyncio.sleep(self.debounce)
+            # NOTE: the debounce coalesces a burst (a roll-out) into one publication; under
+            # sustained changes publications start at most every ``min_interval`` s, so each
+            # carries more changes and every sidecar gets fewer pushes. A lone change waits
+            # for the debounce only.
+            await asyncio.sleep(max(self.debounce, started + self.min_interval - loop.time()))
+            started = loop.time()
             self._changed.clear()
             # NOTE: a failed write raises out of here: ``run`` relists, since what landed is
             # unknown and the computed state has moved on.

@@ -75,7 +75,7 @@ MEMBER_TTL = 10
 DEFAULT_LISTEN = "0.0.0.0:18010"
 """Front-ends listen here; sidecars reach them through the node-local balancer (18000)."""
 DEFAULT_HTTP = "0.0.0.0:9110"
-DEFAULT_COALESCE = 0.01
+DEFAULT_COALESCE = 0.05
 
 STREAM_ERRORS = prometheus_client.Counter(
     "navigator_xds_stream_errors_total",

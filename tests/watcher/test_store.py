@@ -308,11 +308,12 @@ async def test_a_lone_change_after_a_quiet_period_does_not_wait_out_the_delay(
     s = store.SyncStore(cluster=C, etcd=etcd, kinds=[model.Kind.NODE], delay=30.0)
     async with running(s):
         await asyncio.wait_for(s.loaded.wait(), 10)
+        start = await etcd.ping() + 1
         s.upsert(node("first"))
 
         async def written(name: str) -> None:
-            while await etcd.get(keys.state_key(node(name))) is None:
-                await asyncio.sleep(0.02)
+            async for _ in etcd.watch_key(keys.state_key(node(name)), start_revision=start):
+                return
 
         await asyncio.wait_for(written("first"), 5)
         # The next change comes within the delay of that write: it waits for the rest of its
