@@ -130,6 +130,7 @@ def _seen(key: str, value: bytes) -> bytes:
 
 
 HISTORY_MAX = 65536
+ZONE_VIEWS_MAX = 64
 EDS_LOG_KEPT = 50000
 
 
@@ -307,6 +308,10 @@ class SnapshotCache:
         # subscription of 40 names then costs 40 dict lookups per push, nothing more.
         view = self._zone_views.get(zone)
         if view is None:
+            if len(self._zone_views) >= ZONE_VIEWS_MAX:
+                # NOTE: zones come from what sidecars say: past a mesh's own few, no index
+                # (a full copy of the assignments each) is built for one.
+                return ZoneView(self, zone)
             view = self._zone_views[zone] = {}
             for name, by_variant in self._eds_variants.items():
                 found = _pick(by_variant, zone)

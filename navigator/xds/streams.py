@@ -444,7 +444,10 @@ class SotwStream(Stream[_SotwType]):
             return
         if req.HasField("error_detail"):
             # NOTE: not re-sent: the next response goes out only when the content changes.
+            # It carries the whole set (what the sidecar holds is no longer known), so an
+            # assignment that came in the rejected response is not left out of it.
             self._nack(type_url, st.sent_version, req.version_info, req.error_detail.message)
+            st.held = None
         elif st.waiting_ack:
             self._acked(type_url, st.sent_version, st.sent_at, st.cause_at)
         st.waiting_ack = False

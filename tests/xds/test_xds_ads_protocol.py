@@ -122,12 +122,24 @@ async def test_an_endpoint_change_sends_only_the_changed_assignment(
         snapshot.ENDPOINT, ["one", "two"], nonce=changed.nonce, version=changed.version_info
     )
 
+    # After a NACK what the sidecar holds is not known: the next push carries the whole set.
+    await h.publish_eds(etcd, "two", ("10.0.0.2", 80), ("10.0.0.5", 80))
+    rejected = await client.recv()
+    assert names_of(rejected) == ["two"]
+    await client.send(snapshot.ENDPOINT, ["one", "two"], nonce=rejected.nonce, error="bad endpoint")
+    await h.publish_eds(etcd, "one", ("10.0.0.1", 80), ("10.0.0.6", 80))
+    after_nack = await client.recv()
+    assert names_of(after_nack) == ["one", "two"]
+    await client.send(
+        snapshot.ENDPOINT, ["one", "two"], nonce=after_nack.nonce, version=after_nack.version_info
+    )
+
     # A changed subscription gets the whole set again.
     await client.send(
         snapshot.ENDPOINT,
         ["one", "two", "three"],
-        nonce=changed.nonce,
-        version=changed.version_info,
+        nonce=after_nack.nonce,
+        version=after_nack.version_info,
     )
     full = await client.recv()
     assert names_of(full) == ["one", "three", "two"]

@@ -179,6 +179,11 @@ async def test_a_zones_view_follows_its_variant_then_the_default(
     assert view["one"] is default["one"]
     await h.applied(cache, await etcd.delete(keys.eds_key("one")))
     assert "one" not in view and "one" not in default
+    # Zones are what sidecars say: past a bound, views are looked up, not built.
+    await h.applied(cache, await h.publish_eds(etcd, "one", ("10.0.0.9", 80)))
+    views = [cache.zone_view(f"made-up-{i}") for i in range(cache_mod.ZONE_VIEWS_MAX + 5)]
+    assert all(v["one"] is cache.eds("one", keys.DEFAULT_VARIANT) for v in views)
+    assert len(cache._zone_views) == cache_mod.ZONE_VIEWS_MAX
 
 
 async def test_endpoints_derived_from_the_last_answer_equal_a_fresh_computation(
