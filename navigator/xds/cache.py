@@ -147,9 +147,7 @@ class ZoneView(Mapping[str, Encoded]):
 
     def __getitem__(self, name: str) -> Encoded:
         eds = self._source.eds
-        found = (eds(name, self._zone) if self._zone else None) or eds(
-            name, keys.DEFAULT_VARIANT
-        )
+        found = (eds(name, self._zone) if self._zone else None) or eds(name, keys.DEFAULT_VARIANT)
         if found is None:
             raise KeyError(name)
         return found
