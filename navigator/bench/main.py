@@ -183,6 +183,8 @@ class Bench:
         self.envoys: list[dict[str, Any]] = []
         self.core: dict[str, Any] = {}
         self.replay_http: list[str] = []
+        self.session: Any = None
+        """The driver's aiohttp session, made in ``run`` (on the loop)."""
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -200,23 +202,18 @@ class Bench:
         import aiohttp
 
         try:
-            async with (
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s,
-                s.get(url) as r,
-            ):
-                return r.status == 200
+            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+                return bool(r.status == 200)
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
 
     async def get_text(self, url: str, limit: float = 10.0) -> str:
         import aiohttp
 
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=limit)) as s,
-            s.get(url) as r,
-        ):
+        async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=limit)) as r:
             r.raise_for_status()
-            return await r.text()
+            text: str = await r.text()
+            return text
 
     async def metrics(self, names: Sequence[str]) -> dict[str, float]:
         """The front-ends' counters ``names`` (every label summed, both front-ends)."""
@@ -946,22 +943,28 @@ class Bench:
             for r, (_, p) in zip(mesh_mod.eds_names(s), mesh_mod.PORTS, strict=True)
         ]
         change = self.tracker.register(f"flip/svc{s}", pairs, self.receivers(s))
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        names = list(mesh_mod.eds_names(s))
 
-            async def post(addr: str) -> None:
-                names = list(mesh_mod.eds_names(s))
-                async with session.post(
-                    f"http://{addr}/flip", json={"names": names, "address": ip}
-                ) as r:
-                    r.raise_for_status()
+        async def post(addr: str) -> None:
+            async with self.session.post(
+                f"http://{addr}/flip",
+                json={"names": names, "address": ip},
+                timeout=aiohttp.ClientTimeout(total=10),
+            ) as r:
+                r.raise_for_status()
 
-            await asyncio.gather(*(post(a) for a in self.replay_http))
+        await asyncio.gather(*(post(a) for a in self.replay_http))
         return change
 
     # -- the whole run ---------------------------------------------------------------------
 
     async def run(self) -> dict[str, Any]:
+        import aiohttp
+
         self._tasks: list[asyncio.Task[Any]] = []
+        # NOTE: one session (one connection pool) for every request of the driver: a session
+        # per flip cost the driver a connection per change, counted against the floor.
+        self.session = aiohttp.ClientSession()
         await self.tracker.start()
         try:
             await self.start_apis()
@@ -978,6 +981,7 @@ class Bench:
             if self.etcd is not None:
                 await self.etcd.close()
             self.pool.shutdown(wait=False, cancel_futures=True)
+            await self.session.close()
         return self.summary()
 
     def summary(self) -> dict[str, Any]:
