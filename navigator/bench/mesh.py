@@ -145,10 +145,6 @@ class Mesh:
         """EDS resources a sidecar of ``app`` holds once complete."""
         return len(self.nexus[app]) * len(PORTS)
 
-    def receivers(self, s: int) -> list[Sidecar]:
-        apps = set(self.apps_of.get(s, ()))
-        return [sc for sc in self.sidecars if sc.app in apps]
-
     # -- what the API servers hold ------------------------------------------------------
 
     def manifests(self, cluster: str) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ def _per(value: float, count: int, digits: int = 1) -> float | None:
     return round(value / count, digits) if count else None
 
 
-def _phase(phase: Any, size: mesh_mod.Size) -> dict[str, Any]:
+def _phase(phase: Any) -> dict[str, Any]:
     changes = len(phase.changes)
     responses = phase.metrics.get("navigator_xds_responses_total", 0.0)
     cpu = phase.cpu_s
@@ -81,8 +81,8 @@ def summary(bench: Any) -> dict[str, Any]:
     size: mesh_mod.Size = bench.size
     from navigator.bench.main import machine
 
-    ours = {name: _phase(p, size) for name, p in bench.ours.items()}
-    floor = {name: _phase(p, size) for name, p in bench.floor.items()}
+    ours = {name: _phase(p) for name, p in bench.ours.items()}
+    floor = {name: _phase(p) for name, p in bench.floor.items()}
     serial = ours.get("serial", {})
     out: dict[str, Any] = {
         "size": {

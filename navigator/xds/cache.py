@@ -478,8 +478,9 @@ class SnapshotCache:
         for key in [k for k in self._raw if k not in listing.items]:
             self._apply(key, None)
         for key, kv in listing.items.items():
-            if self._raw.get(key) != _seen(key, kv.value):
-                self._apply(key, kv.value)
+            seen = _seen(key, kv.value)
+            if self._raw.get(key) != seen:
+                self._apply(key, kv.value, seen)
         self.revision = listing.revision
         self._revision_moved.set()
         first = not self._loaded
@@ -498,9 +499,10 @@ class SnapshotCache:
         )
         self._flush()
 
-    def _apply(self, key: str, value: bytes | None) -> None:
+    def _apply(self, key: str, value: bytes | None, seen: bytes | None = None) -> None:
+        """``seen``: ``_seen(key, value)`` if the caller has it already."""
         if value is not None:
-            value_seen = _seen(key, value)
+            value_seen = seen if seen is not None else _seen(key, value)
         if self._raw.get(key) != (None if value is None else value_seen):
             # NOTE: derived results (e.g. a zone's endpoint response) are stale from now on.
             self._memo = {}
