@@ -659,12 +659,15 @@ class Etcd:
             for k in deletes
         ]
         revision = 0
-        for chunk in _batches(ops):
+        # NOTE: a fenced transaction also puts its fence mark: one operation fewer for the rest.
+        for chunk in _batches(ops, MAX_TXN_OPS - (fence is not None)):
             revision = await self._txn(chunk, fence)
         return revision
 
     async def _txn(self, ops: list[Any], fence: Fence | None) -> int:
         compare = [] if fence is None else [_fence_compare(fence)]
+        if fence is not None:
+            ops = [*ops, _fence_mark(fence)]
         resp = await self._kv("Txn", aetcd.rpc.TxnRequest(compare=compare, success=ops))
         if fence is not None:
             FENCED_TXNS.labels(result="landed" if resp.succeeded else "rejected").inc()
@@ -940,14 +943,24 @@ def _fence_compare(fence: Fence) -> Any:
     )
 
 
-def _batches(ops: list[Any]) -> Iterable[list[Any]]:
-    """Consecutive runs of ``ops`` within MAX_TXN_OPS and MAX_TXN_BYTES (an op larger than
-    MAX_TXN_BYTES goes alone: etcd decides whether it fits its request limit)."""
+def _fence_mark(fence: Fence) -> Any:
+    """The put that records which term made a fenced transaction (``keys.fence_mark_key``): a
+    recorded history can then tell a current leader's write from a deposed one's."""
+    return aetcd.rpc.RequestOp(
+        request_put=aetcd.rpc.PutRequest(
+            key=keys.fence_mark_key(fence.key).encode(), value=str(fence.token).encode()
+        )
+    )
+
+
+def _batches(ops: list[Any], max_ops: int = MAX_TXN_OPS) -> Iterable[list[Any]]:
+    """Consecutive runs of ``ops`` within ``max_ops`` operations and MAX_TXN_BYTES (an op larger
+    than MAX_TXN_BYTES goes alone: etcd decides whether it fits its request limit)."""
     batch: list[Any] = []
     size = 0
     for op in ops:
         op_size = op.ByteSize()
-        if batch and (len(batch) >= MAX_TXN_OPS or size + op_size > MAX_TXN_BYTES):
+        if batch and (len(batch) >= max_ops or size + op_size > MAX_TXN_BYTES):
             yield batch
             batch, size = [], 0
         batch.append(op)

@@ -27,6 +27,9 @@ Layout (``<ns>`` is ``_`` for cluster-scoped objects)::
                                                         since when (JSON, no lease)
     /navigator/v1/shards/<n>/leader                     the translator leading shard <n> (lease)
     /navigator/v1/members/<role>/<id>                   a running process (JSON, under its lease)
+    /navigator/v1/fences/<leadership key below v1/>     the fencing token of the last fenced
+                                                        transaction under that key (decimal);
+                                                        written in the same transaction
 
 Leadership keys are written only by ``coordinator.election``: a leader's fencing token is the
 create revision of its key, and every write it makes compares it.
@@ -68,6 +71,9 @@ WATCHERS = ROOT + "watchers/"
 STALE = ROOT + "stale/"
 SHARDS = ROOT + "shards/"
 MEMBERS = ROOT + "members/"
+FENCES = ROOT + "fences/"
+"""fences/<leadership key below the root>: put by every fenced transaction with its token, so a
+recorded history shows which term made each write (``navigator chaos`` checks it)."""
 SIDECARS = ROOT + "sidecars/"
 """sidecars/<front-end id>/<node id>: a connected sidecar's status, under the front-end's lease."""
 
@@ -239,6 +245,20 @@ def parse_shard_leader_key(key: str) -> int:
     if not shard.isdigit() or not sep or leaf != "leader":
         raise SchemaError(f"not a shard leader key: {key!r}")
     return int(shard)
+
+
+def fence_mark_key(leader_key: str) -> str:
+    """Where a fenced transaction under ``leader_key`` records its token."""
+    if not leader_key.startswith(ROOT):
+        raise SchemaError(f"not a key of the schema: {leader_key!r}")
+    return FENCES + leader_key[len(ROOT) :]
+
+
+def parse_fence_mark_key(key: str) -> str:
+    """The leadership key a fence mark is of."""
+    if not key.startswith(FENCES) or key == FENCES:
+        raise SchemaError(f"not a fence mark key: {key!r}")
+    return ROOT + key[len(FENCES) :]
 
 
 def members_prefix(role: str | None = None) -> str:

@@ -46,8 +46,26 @@ async def test_one_candidate_leads_and_a_deposed_leaders_write_is_refused(
     assert _rejected() == before + 1
     assert (await etcd.get("/t/x")).value == b"from-a"  # type: ignore[union-attr]
     assert await etcd.get("/t/y") is None
-    await etcd.put("/t/x", b"from-b", fence=taken.fence)
+    assert (await etcd.get(keys.fence_mark_key(KEY))).value == str(first.token).encode()  # type: ignore[union-attr]
+    rev = await etcd.put("/t/x", b"from-b", fence=taken.fence)
     assert (await etcd.get("/t/x")).value == b"from-b"  # type: ignore[union-attr]
+    # The same transaction records which term wrote: a history can tell the writers apart.
+    mark = await etcd.get(keys.fence_mark_key(KEY))
+    assert mark is not None and mark.value == str(taken.token).encode()
+    assert mark.mod_revision == rev
+
+
+async def test_a_fenced_change_of_exactly_the_operation_limit_still_fits(
+    etcd: etcd_mod.Etcd,
+) -> None:
+    s = await session.Session.open(etcd, ttl=5)
+    term = await election.campaign(etcd, s, KEY, b"s")
+    assert term is not None
+    puts = {f"/many/{i:03}": b"v" for i in range(etcd_mod.MAX_TXN_OPS)}
+    await etcd.apply(puts=puts, fence=term.fence)  # NOTE: etcd refuses a 129-op transaction
+    listing = await etcd.get_prefix("/many/")
+    assert len(listing.items) == etcd_mod.MAX_TXN_OPS
+    assert len({kv.mod_revision for kv in listing.items.values()}) == 2
 
 
 async def test_a_large_fenced_change_is_split_and_every_part_is_fenced(
