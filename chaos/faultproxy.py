@@ -13,6 +13,10 @@ Modes (``set_mode``), applied to every connection, open or new:
   delivered if the connection is still open when the mode changes back;
 - ``reset``: close every connection with RST at once, and new ones as they come.
 
+With ``only_from`` a mode applies only to connections opened by the given processes (found
+by their socket in ``/proc``), the others pass: in front of an etcd member's peer port, that
+cuts one member off from its peers in both directions while the others still talk.
+
 Only what the test or scenario starts is touched: the proxy listens on an address it is
 given and connects only to the one upstream it is given.
 """
@@ -23,10 +27,11 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 import random
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +56,12 @@ class FaultProxy:
         self._conns: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._mode_changed = asyncio.Event()
+        self.only_from: frozenset[int] | None = None
+        self._owner: dict[asyncio.StreamWriter, int | None] = {}
         self.connections = 0
         """Connections accepted so far."""
+        self.sources: Callable[[], Iterable[int]] | None = None
+        """The processes whose connections ``only_from`` may name (looked up on accept)."""
 
     @property
     def address(self) -> str:
@@ -77,19 +86,55 @@ class FaultProxy:
         if self._server is not None:
             await self._server.wait_closed()
 
-    def set_mode(self, mode: Mode, *, delay: float = 0.0, jitter: float = 0.0) -> None:
+    def set_mode(
+        self,
+        mode: Mode,
+        *,
+        delay: float = 0.0,
+        jitter: float = 0.0,
+        only_from: Iterable[int] | None = None,
+    ) -> None:
+        """Applies ``mode`` to every connection, or only to those ``only_from`` processes
+        opened (which needs ``sources``)."""
+        if only_from is not None and self.sources is None:
+            raise ValueError("only_from needs the proxy's sources")
         self.mode, self.delay, self.jitter = mode, delay, jitter
-        log.info("fault proxy mode", extra={"mode": str(mode), "upstream": str(self.upstream)})
+        self.only_from = None if only_from is None else frozenset(only_from)
+        log.info(
+            "fault proxy mode",
+            extra={
+                "mode": str(mode),
+                "upstream": str(self.upstream),
+                "only_from": sorted(self.only_from) if self.only_from is not None else "all",
+            },
+        )
         if mode is Mode.RESET:
             for a, b in list(self._conns):
-                _abort(a)
-                _abort(b)
+                if self._applies(a):
+                    _abort(a)
+                    _abort(b)
         self._mode_changed.set()
         self._mode_changed.clear()
 
+    def _applies(self, client: asyncio.StreamWriter) -> bool:
+        return self.only_from is None or self._owner.get(client) in self.only_from
+
+    def _mode_of(self, client: asyncio.StreamWriter) -> Mode:
+        return self.mode if self._applies(client) else Mode.PASS
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        if self.mode is Mode.RESET:
+        if self.sources is not None:
+            peer = writer.get_extra_info("peername")
+            local = writer.get_extra_info("sockname")
+            self._owner[writer] = socket_owner(peer[:2], local[:2], self.sources())
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._owner.pop(writer, None)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._mode_of(writer) is Mode.RESET:
             _abort(writer)
             return
         try:
@@ -100,8 +145,8 @@ class FaultProxy:
         pair = (writer, up_writer)
         self._conns.add(pair)
         tasks = [
-            asyncio.create_task(self._pipe(reader, up_writer)),
-            asyncio.create_task(self._pipe(up_reader, writer)),
+            asyncio.create_task(self._pipe(reader, up_writer, writer)),
+            asyncio.create_task(self._pipe(up_reader, writer, writer)),
         ]
         self._tasks.update(tasks)
         try:
@@ -117,20 +162,68 @@ class FaultProxy:
             for w in pair:
                 w.close()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client: asyncio.StreamWriter,
+    ) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while True:
                 data = await reader.read(65536)
                 if not data:
                     return
-                while self.mode is Mode.BLACKHOLE:
+                while self._mode_of(client) is Mode.BLACKHOLE:
                     await self._mode_changed.wait()
-                if self.mode is Mode.RESET:
+                mode = self._mode_of(client)
+                if mode is Mode.RESET:
                     return
-                if self.mode is Mode.DELAY:
+                if mode is Mode.DELAY:
                     await asyncio.sleep(self.delay + random.uniform(0, self.jitter))
                 writer.write(data)
                 await writer.drain()
+
+
+def _hex_address(address: tuple[str, int]) -> str:
+    """An IPv4 address as ``/proc/net/tcp`` writes it (the address in host byte order)."""
+    packed = socket.inet_aton(address[0])
+    return f"{struct.unpack('<I', packed)[0]:08X}:{address[1]:04X}"
+
+
+def socket_owner(
+    local: tuple[str, int], remote: tuple[str, int], pids: Iterable[int]
+) -> int | None:
+    """Which of ``pids`` holds the IPv4 TCP socket ``local`` → ``remote`` (None if none does).
+
+    NOTE: by hand from ``/proc`` (``psutil`` would do it, but walks every process and is not a
+    dependency here); only a few candidate processes are looked at, once per connection.
+    """
+    wanted = (_hex_address(local), _hex_address(remote))
+    inode = ""
+    try:
+        with open("/proc/net/tcp") as table:
+            next(table)
+            for line in table:
+                fields = line.split()
+                if (fields[1], fields[2]) == wanted:
+                    inode = fields[9]
+                    break
+    except OSError:
+        return None
+    if not inode:
+        return None
+    target = f"socket:[{inode}]"
+    for pid in pids:
+        fds = f"/proc/{pid}/fd"
+        try:
+            names = os.listdir(fds)
+        except OSError:
+            continue
+        for name in names:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"{fds}/{name}") == target:
+                    return pid
+    return None
 
 
 def _abort(writer: asyncio.StreamWriter) -> None:

@@ -186,6 +186,8 @@ class Proc:
     cluster: str = ""
     ready_url: str = ""
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    args: list[str] = dataclasses.field(default_factory=list)
+    """What it was started with (``Lab.restart`` starts it so again)."""
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"role": self.role, "name": self.name, "pid": self.popen.pid}
@@ -225,6 +227,9 @@ class Shape:
     a test can black-hole or reset a front-end's ports (``Lab.proxies``)."""
     balancer_keepalive: float = 1.0
     """The balancers' HTTP/2 keepalive interval and timeout towards front-ends, s."""
+    etcd_peer_proxies: bool = False
+    """Put a fault proxy in front of each etcd member's peer port (``Lab.etcd_peer_proxies``),
+    so a scenario can cut one member off from its peers while clients still reach it."""
 
 
 class Lab:
@@ -265,6 +270,10 @@ class Lab:
         self.gateways: list[dict[str, Any]] = []
         self.frontends: list[dict[str, Any]] = []
         self.balancers: list[dict[str, Any]] = []
+        self.etcd_members: list[procs.EtcdMember] = []
+        self.etcd_peer_proxies: dict[str, faultproxy.FaultProxy] = {}
+        """etcd member name → the fault proxy its peers reach it through (``etcd_peer_proxies``);
+        its ``sources`` are the members' processes, for ``only_from``."""
         self.proxies: dict[str, tuple[faultproxy.FaultProxy, faultproxy.FaultProxy]] = {}
         """Front-end name → fault proxies of its (gRPC, HTTP) ports, with ``frontend_proxies``."""
         self.http = ""
@@ -289,7 +298,7 @@ class Lab:
 
     def spawn(self, role: str, name: str, args: list[str], **kw: Any) -> Proc:
         popen = procs.start(args, log_file=self.logs / f"{name}.log")
-        proc = Proc(role=role, name=name, popen=popen, **kw)
+        proc = Proc(role=role, name=name, popen=popen, args=list(args), **kw)
         self.procs.append(proc)
         PROCESSES.labels(role=role).inc()
         log.info("started", extra={"role": role, "proc": name, "pid": popen.pid})
@@ -329,9 +338,25 @@ class Lab:
             shutil.rmtree(etcd_dir)
         # NOTE: started from the loop's own thread: a child dies with the thread that
         # started it (PR_SET_PDEATHSIG), so never start servers from a worker thread.
+        listen: dict[str, int] = {}
+        advertise: dict[str, str] = {}
+        if self.shape.etcd_peer_proxies:
+            for i in range(self.shape.etcd_members):
+                name = f"etcd{i}"
+                listen[name] = procs.free_port(host)
+                proxy = faultproxy.FaultProxy(upstream=(host, listen[name]))
+                proxy.sources = self._etcd_pids
+                await proxy.start()
+                self.etcd_peer_proxies[name] = proxy
+                advertise[name] = proxy.address
         members = procs.start_etcd_cluster(
-            etcd_dir, members=self.shape.etcd_members, logs=self.logs
+            etcd_dir,
+            members=self.shape.etcd_members,
+            logs=self.logs,
+            peer_listen=listen or None,
+            peer_advertise=advertise or None,
         )
+        self.etcd_members = members
         self.etcd_urls = [m.client_url for m in members]
         for m in members:
             self.procs.append(
@@ -539,6 +564,43 @@ class Lab:
 
     def proc(self, name: str) -> Proc:
         return next(p for p in self.procs if p.name == name)
+
+    def _etcd_pids(self) -> list[int]:
+        return [m.popen.pid for m in self.etcd_members]
+
+    def restart(self, name: str) -> Proc:
+        """Starts a stopped or killed process again, as it was started (same arguments, ports
+        and data: an etcd member rejoins on its data directory)."""
+        proc = self.proc(name)
+        if proc.popen.poll() is None:
+            raise LabError(f"{name} is still running (pid {proc.popen.pid})")
+        if proc.role == "etcd":
+            member = next(m for m in self.etcd_members if m.name == name)
+            procs.restart_etcd_member(member)
+            proc.popen = member.popen
+        else:
+            proc.popen = procs.start(proc.args, log_file=self.logs / f"{name}.log")
+        log.info("restarted", extra={"role": proc.role, "proc": name, "pid": proc.popen.pid})
+        return proc
+
+    def add_backend(self, cluster: str, pod: str, ip: str, http_ports: Sequence[int]) -> Proc:
+        """Starts one more pod's application (HTTP on ``http_ports``) at ``ip`` in ``cluster``,
+        in a pod of its own on the netns network: a pod a roll-out creates."""
+        c = next(c for c in self.topology.clusters if c.name == cluster)
+        if not _in(ip, self.pod_cidr(c)):
+            raise LabError(f"pod IP {ip} is outside {cluster}'s {self.pod_cidr(c)}")
+        prefix: list[str] = []
+        if self.net is not None:
+            prefix = self.net.add_pod(cluster, pod, ip).exec_prefix
+        args = ["navigator.lab.backend", "--pod", pod, "--cluster", cluster, "--ip", ip]
+        args += [a for port in http_ports for a in ("--http", str(port))]
+        return self.spawn(
+            "backend",
+            f"backend-{cluster}-{pod}",
+            prefix + self._python(*args),
+            cluster=cluster,
+            extra={"pod": pod, "ip": ip, "exec": prefix},
+        )
 
     def _start_backends(self) -> None:
         """One process per pod address of the example Endpoints, bound to the pod IP."""
@@ -846,6 +908,8 @@ class Lab:
         for pair in self.proxies.values():
             for proxy in pair:
                 await proxy.close()
+        for proxy in self.etcd_peer_proxies.values():
+            await proxy.close()
         if self.net is not None:
             # NOTE: after every process in a pod has stopped, so no socket outlives its pod.
             self.net.teardown()

@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
@@ -111,6 +111,8 @@ class EtcdMember:
     log_file: Path | None
     initial_cluster: str
     popen: subprocess.Popen[bytes]
+    peer_listen_url: str = ""
+    """Where it listens for peers, when that differs from ``peer_url`` (a proxy in between)."""
 
     @property
     def client_port(self) -> int:
@@ -147,12 +149,21 @@ def start_etcd(
 
 
 def start_etcd_cluster(
-    base_dir: Path, *, members: int = 3, host: str = "127.0.0.1", logs: Path | None = None
+    base_dir: Path,
+    *,
+    members: int = 3,
+    host: str = "127.0.0.1",
+    logs: Path | None = None,
+    peer_listen: Mapping[str, int] | None = None,
+    peer_advertise: Mapping[str, str] | None = None,
 ) -> list[EtcdMember]:
-    """Starts an etcd cluster of ``members`` members on ``host``; waits until each listens."""
+    """Starts an etcd cluster of ``members`` members (``etcd0``...) on ``host``; waits until
+    each listens. With ``peer_listen`` and ``peer_advertise`` (by member name) a member listens
+    for peers on one port and tells its peers another (``host:port``: a fault proxy's)."""
     names = [f"etcd{i}" for i in range(members)]
     client = {n: f"http://{host}:{free_port(host)}" for n in names}
-    peer = {n: f"http://{host}:{free_port(host)}" for n in names}
+    listen = {n: f"http://{host}:{(peer_listen or {}).get(n) or free_port(host)}" for n in names}
+    peer = {n: f"http://{peer_advertise[n]}" if peer_advertise else listen[n] for n in names}
     initial = ",".join(f"{n}={peer[n]}" for n in names)
     out: list[EtcdMember] = []
     base_dir.mkdir(parents=True, exist_ok=True)
@@ -170,10 +181,13 @@ def start_etcd_cluster(
                     peer_url=peer[n],
                     initial=initial,
                     state="new",
+                    listen_peer_url=listen[n],
                 ),
                 log_file=log_file,
             )
-            out.append(EtcdMember(n, client[n], peer[n], data_dir, log_file, initial, popen))
+            out.append(
+                EtcdMember(n, client[n], peer[n], data_dir, log_file, initial, popen, listen[n])
+            )
         for m in out:
             wait_tcp(host, m.client_port, proc=m.popen)
     except BaseException:
@@ -193,6 +207,7 @@ def restart_etcd_member(member: EtcdMember) -> None:
             peer_url=member.peer_url,
             initial=member.initial_cluster,
             state="existing",
+            listen_peer_url=member.peer_listen_url,
         ),
         log_file=member.log_file,
     )
@@ -201,7 +216,14 @@ def restart_etcd_member(member: EtcdMember) -> None:
 
 
 def _etcd_args(
-    name: str, data_dir: Path, *, client_url: str, peer_url: str, initial: str, state: str
+    name: str,
+    data_dir: Path,
+    *,
+    client_url: str,
+    peer_url: str,
+    initial: str,
+    state: str,
+    listen_peer_url: str = "",
 ) -> list[str]:
     return [
         str(etcd_binary()),
@@ -214,7 +236,7 @@ def _etcd_args(
         "--advertise-client-urls",
         client_url,
         "--listen-peer-urls",
-        peer_url,
+        listen_peer_url or peer_url,
         "--initial-advertise-peer-urls",
         peer_url,
         "--initial-cluster",

@@ -54,3 +54,60 @@ async def test_modes_pass_blackhole_and_reset(echo: str) -> None:
         assert await asyncio.wait_for(reader.read(4), 2) == b"four"
         writer.close()
         assert p.connections == 2
+
+
+CLIENT = """
+import socket, sys
+s = socket.create_connection(("{host}", {port}), timeout=5)
+s.settimeout(float(sys.argv[1]))
+s.sendall(b"ping")
+try:
+    print(s.recv(4).decode() or "closed")
+except socket.timeout:
+    print("silent")
+except ConnectionResetError:
+    print("reset")
+"""
+
+
+async def _client(
+    address: str, wait: float, pids: list[int], started: asyncio.Event | None = None
+) -> str:
+    import sys
+
+    host, _, port = address.rpartition(":")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CLIENT.format(host=host, port=port),
+        str(wait),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    pids.append(proc.pid)
+    if started is not None:
+        started.set()
+    out, _ = await proc.communicate()
+    return out.decode().strip()
+
+
+async def test_a_mode_only_for_one_processs_connections(echo: str) -> None:
+    pids: list[int] = []
+    async with faultproxy.proxy(echo) as p:
+        p.sources = lambda: pids
+        started = asyncio.Event()
+        first = asyncio.create_task(_client(p.address, 1.0, pids, started))
+        # NOTE: its pid is known from its start, before it connects; the mode applies to
+        # connections open or new.
+        await asyncio.wait_for(started.wait(), 5)
+        p.set_mode(faultproxy.Mode.BLACKHOLE, only_from=[pids[0]])
+        assert await first == "silent", "the named process's connection is black-holed"
+        # Another process's connection through the same proxy passes meanwhile.
+        assert await _client(p.address, 2.0, pids) == "ping"
+        p.set_mode(faultproxy.Mode.RESET, only_from=[pids[1] + 10**6])
+        assert await _client(p.address, 2.0, pids) == "ping", "RESET for someone else"
+
+
+def test_only_from_needs_sources() -> None:
+    p = faultproxy.FaultProxy(upstream=("127.0.0.1", 1))
+    with pytest.raises(ValueError, match="sources"):
+        p.set_mode(faultproxy.Mode.BLACKHOLE, only_from=[1])
