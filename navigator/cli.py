@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "a sidecar's live config (its admin) against what etcd says it should hold",
     ),
     "kube-api": ("navigator.kubeapi.server", "run the local Kubernetes API server"),
+    "chaos": (
+        "chaos.main",
+        "fault scenarios against the lab, judged by invariants; a report of each",
+    ),
     "bench": (
         "navigator.bench.main",
         "the mesh-scale benchmark: the system on loopback, sidecars, churn, the floor",

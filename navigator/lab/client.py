@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import socket
 import sys
 import time
@@ -78,6 +79,43 @@ def tcp(address: str, payload: bytes, timeout: float) -> dict[str, object]:
         return {"echo": None, "failed": 1, "errors": [f"{type(exc).__name__}: {exc}"]}
 
 
+def probe(
+    http_urls: Sequence[str], tcp_addresses: Sequence[str], interval: float, timeout: float
+) -> None:
+    """Steady traffic until stdin closes: each target in turn, every ``interval`` s, one JSON
+    line per request (``t`` is the monotonic clock, shared by every process of the machine)."""
+    import select
+    import threading
+
+    stop = threading.Event()
+
+    def watch_stdin() -> None:
+        while not stop.is_set():
+            ready, _, _ = select.select([sys.stdin], [], [], 0.5)
+            if ready and not os.read(sys.stdin.fileno(), 4096):
+                stop.set()
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    targets = [("http", u) for u in http_urls] + [("tcp", a) for a in tcp_addresses]
+    while not stop.is_set():
+        for kind, target in targets:
+            started = time.monotonic()
+            line: dict[str, object] = {"t": round(started, 4), "target": target}
+            if kind == "http":
+                got = http(target, 1, timeout)
+                pods = got["pods"]
+                line["ok"] = got["failed"] == 0
+                line["pod"] = next(iter(pods), "") if isinstance(pods, dict) else ""
+                line["error"] = "; ".join(got["errors"]) if got["errors"] else ""  # type: ignore[arg-type]
+            else:
+                got = tcp(target, b"probe\n", timeout)
+                line["ok"] = got["echo"] == "probe\n"
+                line["error"] = "; ".join(got["errors"]) if got["errors"] else ""  # type: ignore[arg-type]
+            line["ms"] = round((time.monotonic() - started) * 1000, 1)
+            print(json.dumps(line), flush=True)
+        stop.wait(interval)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m navigator.lab.client", description="Requests from inside a lab pod."
@@ -96,9 +134,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_tcp = sub.add_parser("tcp", help="send bytes to HOST:PORT, read the echo")
     p_tcp.add_argument("address")
     p_tcp.add_argument("--send", default="hello\n")
-    for p in (p_http, p_get, p_tcp):
+    p_probe = sub.add_parser(
+        "probe", help="steady traffic to every target until stdin closes; a JSON line each"
+    )
+    p_probe.add_argument("--http", action="append", default=[], help="a URL to GET")
+    p_probe.add_argument("--tcp", action="append", default=[], help="HOST:PORT to echo through")
+    p_probe.add_argument("--interval", type=float, default=0.2, help="between rounds, s")
+    for p in (p_http, p_get, p_tcp, p_probe):
         p.add_argument("--timeout", type=float, default=2.0)
     args = parser.parse_args(argv)
+    if args.mode == "probe":
+        probe(args.http, args.tcp, args.interval, args.timeout)
+        return 0
     if args.mode == "http":
         result = http(
             args.url,

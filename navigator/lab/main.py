@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import ipaddress
 import json
 import logging
@@ -227,6 +228,10 @@ class Shape:
     a test can black-hole or reset a front-end's ports (``Lab.proxies``)."""
     balancer_keepalive: float = 1.0
     """The balancers' HTTP/2 keepalive interval and timeout towards front-ends, s."""
+    etcd_client_proxies: tuple[str, ...] = ()
+    """Roles (``watcher``, ``translator``, ``xds``) whose processes reach etcd through fault
+    proxies (``Lab.etcd_client_proxies``, one per member), so a scenario can cut one process
+    off from etcd (``only_from`` its PID)."""
     etcd_peer_proxies: bool = False
     """Put a fault proxy in front of each etcd member's peer port (``Lab.etcd_peer_proxies``),
     so a scenario can cut one member off from its peers while clients still reach it."""
@@ -271,6 +276,8 @@ class Lab:
         self.frontends: list[dict[str, Any]] = []
         self.balancers: list[dict[str, Any]] = []
         self.etcd_members: list[procs.EtcdMember] = []
+        self.etcd_client_proxies: dict[str, list[faultproxy.FaultProxy]] = {}
+        """Role → the fault proxies (one per member) its processes reach etcd through."""
         self.etcd_peer_proxies: dict[str, faultproxy.FaultProxy] = {}
         """etcd member name → the fault proxy its peers reach it through (``etcd_peer_proxies``);
         its ``sources`` are the members' processes, for ``only_from``."""
@@ -358,6 +365,12 @@ class Lab:
         )
         self.etcd_members = members
         self.etcd_urls = [m.client_url for m in members]
+        for role in self.shape.etcd_client_proxies:
+            for m in members:
+                proxy = faultproxy.FaultProxy(upstream=(host, m.client_port))
+                proxy.sources = functools.partial(self._pids_of, role)
+                await proxy.start()
+                self.etcd_client_proxies.setdefault(role, []).append(proxy)
         for m in members:
             self.procs.append(
                 Proc(role="etcd", name=m.name, popen=m.popen, extra={"url": m.client_url})
@@ -419,7 +432,7 @@ class Lab:
                         "--context",
                         c.name,
                         "--etcd",
-                        self.etcd_url,
+                        self.etcd_url_for("watcher"),
                         "--http",
                         http,
                         "--id",
@@ -459,7 +472,7 @@ class Lab:
                 "--listen",
                 address,
                 "--etcd",
-                self.etcd_url,
+                self.etcd_url_for("xds"),
                 "--http",
                 http,
                 "--id",
@@ -546,7 +559,7 @@ class Lab:
                 "navigator",
                 "translator",
                 "--etcd",
-                self.etcd_url,
+                self.etcd_url_for("translator"),
                 "--http",
                 http,
                 "--id",
@@ -564,6 +577,16 @@ class Lab:
 
     def proc(self, name: str) -> Proc:
         return next(p for p in self.procs if p.name == name)
+
+    def etcd_url_for(self, role: str) -> str:
+        """What ``--etcd`` a process of ``role`` is given: the members, or their proxies."""
+        proxies = self.etcd_client_proxies.get(role)
+        if not proxies:
+            return self.etcd_url
+        return ",".join(f"http://{p.address}" for p in proxies)
+
+    def _pids_of(self, role: str) -> list[int]:
+        return [p.popen.pid for p in self.procs if p.role == role]
 
     def _etcd_pids(self) -> list[int]:
         return [m.popen.pid for m in self.etcd_members]
@@ -910,6 +933,9 @@ class Lab:
                 await proxy.close()
         for proxy in self.etcd_peer_proxies.values():
             await proxy.close()
+        for proxies in self.etcd_client_proxies.values():
+            for proxy in proxies:
+                await proxy.close()
         if self.net is not None:
             # NOTE: after every process in a pod has stopped, so no socket outlives its pod.
             self.net.teardown()
