@@ -176,6 +176,11 @@ async def _run(args: argparse.Namespace, stop: asyncio.Event) -> int:
                 SCENARIOS_RUN.labels(result="passed" if result["passed"] else "failed").inc()
                 verdict = "PASS" if result["passed"] else ("ERROR" if result["error"] else "FAIL")
                 print(f"   {verdict} in {result['duration_s']} s", flush=True)
+                if result["error"]:
+                    print(f"   error: {result['error']}", flush=True)
+                for inv, ok in result.get("invariants", {}).items():
+                    if not ok:
+                        print(f"   {inv}: {result['evidence'][inv]}", flush=True)
             health.set_ready(False, "done")
     meta = _meta(started) | {"duration_s": round(time.time() - started, 1)}
     print()

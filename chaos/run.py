@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import kubernetes
+import urllib3
 
 from chaos import history, invariants
 from coordinator import election
@@ -181,7 +182,11 @@ class Run:
             while True:
                 try:
                     await self.churn_once(cluster)
-                except (kubernetes.client.ApiException, OSError) as exc:
+                except (
+                    kubernetes.client.ApiException,
+                    urllib3.exceptions.HTTPError,
+                    OSError,
+                ) as exc:
                     log.info("churn write failed", extra={"error": str(exc)[:120]})
                 await asyncio.sleep(1 / rate)
 
@@ -417,7 +422,8 @@ async def execute(
         await run.stop()
         result.update(run.judge(converged_s=converged_s, bound=bound, allowed=allowed))
         result["passed"] = all(result["invariants"].values())
-    except (ScenarioError, lab_main.LabError, etcd_mod.EtcdError, OSError) as exc:
+    except Exception as exc:  # NOTE: whatever broke the scenario, the others still run
+        # NOTE: a crash of the scenario itself (not a failed invariant) is reported as its error.
         log.error("scenario failed to run", extra={"scenario": name, "error": str(exc)})
         result.update(passed=False, error=f"{type(exc).__name__}: {exc}")
         if run is not None:

@@ -250,11 +250,12 @@ async def api_unreachable(run: Run) -> None:
     await run.until(marked, within=60, what="east marked stale")
     run.figures["stale_marked_s"] = round(time.monotonic() - since, 3)
     run.mark("east marked stale in etcd; its state is kept")
-    # A change east's watchers cannot see until the API is back.
-    await run.churn_once("east")
     await _hold(run, 120.0)
     await _control(run, "east", "unreachable?value=false")
     run.heal("east's API server reachable again")
+    # A change in east right after: its watchers must be watching again, not only relisted.
+    await asyncio.sleep(1.0)
+    await run.churn_once("east")
 
 
 async def api_watch_faults(run: Run) -> None:
@@ -455,8 +456,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         "api-unreachable",
         "east's Kubernetes API server unreachable for two minutes",
         "East's watchers cannot list or watch. East is marked stale and its last state kept "
-        "(no endpoint of east dropped while west's keep changing); a change made in east "
-        "meanwhile arrives once the API is back.",
+        "(no endpoint of east dropped while west's keep changing); once the API is back a "
+        "change made in east arrives as usual.",
         api_unreachable,
     ),
     Scenario(
