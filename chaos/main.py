@@ -67,6 +67,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--work", type=Path, default=None, help="labs' state (default: a temp dir)")
     p.add_argument("--http", default="127.0.0.1:0", help="/healthz, /readyz, /metrics address")
     p.add_argument("--log-level", default="warning")
+    c = sub.add_parser(
+        "check",
+        help="judge I2-I5 against a real deployment (etcd, proxy-status, the API) over a while",
+        description="Records etcd's history and every sidecar's status for --duration, waits "
+        "--bound for every sidecar SYNCED, compares etcd's endpoints with each --context's API.",
+    )
+    from chaos import check
+
+    check.add_arguments(c)
+    c.add_argument("--log-level", default="warning")
     return parser
 
 
@@ -199,4 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(describe())
         return 0
     runtime.setup_logging(args.log_level, "chaos")
+    if args.command == "check":
+        from chaos import check
+
+        return asyncio.run(check.main_async(args))
     return runtime.run(lambda stop: _run(args, stop))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import socket
@@ -51,7 +52,12 @@ def http(
         except (urllib.error.URLError, OSError, ValueError) as exc:
             failed += 1
             if len(errors) < 5:
-                errors.append(f"{type(exc).__name__}: {exc}")
+                # NOTE: an Envoy's error answer says why in its body (e.g. the reset reason).
+                body = ""
+                if isinstance(exc, urllib.error.HTTPError):
+                    with contextlib.suppress(OSError):
+                        body = " " + exc.read(200).decode(errors="replace").strip()
+                errors.append(f"{type(exc).__name__}: {exc}{body}")
     return {"pods": dict(pods), "failed": failed, "errors": errors, "sent": sent}
 
 

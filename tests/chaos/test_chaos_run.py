@@ -36,7 +36,8 @@ def test_the_quick_subset_passes_every_invariant(tmp_path: Path) -> None:
     quick = [s.name for s in scenarios.SCENARIOS if s.quick]
     assert [s["name"] for s in doc["scenarios"]] == quick
     failed = {
-        s["name"]: s["error"] or {k: s["evidence"][k] for k, ok in s["invariants"].items() if not ok}
+        s["name"]: s["error"]
+        or {k: s["evidence"][k] for k, ok in s["invariants"].items() if not ok}
         for s in doc["scenarios"]
         if not s["passed"]
     }
