@@ -121,10 +121,16 @@ async def api_matches_etcd(
     return invariants.Verdict(True, f"{compared} Endpoints objects equal in the API and etcd")
 
 
-async def check(args: argparse.Namespace) -> dict[str, Any]:
+async def check(
+    args: argparse.Namespace, *, recording: asyncio.Event | None = None
+) -> dict[str, Any]:
+    """Records, waits, judges. ``recording`` is set once etcd's history is being recorded."""
     async with runtime.etcd_client(args) as etcd:
         log = history.EtcdLog(etcd)
         recorder = asyncio.create_task(log.run())
+        await asyncio.wait_for(log.listed.wait(), args.duration + 30)
+        if recording is not None:
+            recording.set()
         samples: list[tuple[float, list[dict[str, Any]]]] = []
         started = time.monotonic()
         try:

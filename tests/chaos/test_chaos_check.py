@@ -57,12 +57,14 @@ async def test_check_passes_a_healthy_mesh_and_catches_a_rogue_write(tmp_path: P
             ghost = dict(doc["endpoints"][0], ip="127.21.0.99")
             doc["endpoints"].append(ghost)
 
+            recording = asyncio.Event()
+
             async def rogue() -> None:
-                await asyncio.sleep(1.0)
+                await asyncio.wait_for(recording.wait(), 30)
                 await etcd.put(key, json.dumps(doc).encode())
 
             writer = asyncio.create_task(rogue())
-            caught = await check.check(chaos_main._parser().parse_args(argv))
+            caught = await check.check(chaos_main._parser().parse_args(argv), recording=recording)
             await writer
         assert not caught["passed"]
         assert not caught["invariants"]["I3"], caught["evidence"]["I3"]
