@@ -552,8 +552,8 @@ class SnapshotCache:
             self._update_views(name)
             self._log_eds(name)
         elif key.startswith(keys.LOCALITIES):
+            # NOTE: streams of sidecars not placed yet wait for this key (``Stream._place``).
             self._load_localities(key, value)
-            return
         else:
             return
         self._pending.add(key)

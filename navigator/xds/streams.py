@@ -179,6 +179,8 @@ class Stream(Generic[T]):
         self._default_key = keys.app_snapshot_key(
             keys.DEFAULT_APP, model.ClusterName(node.k8s_cluster)
         )
+        self._unplaced = bool(node.node_name) and not node.zone
+        """It names its node, whose locality was not published yet (``_place``)."""
         self._update_keys()
 
     # -- subclass hooks ---------------------------------------------------------------------
@@ -219,7 +221,25 @@ class Stream(Generic[T]):
             deps.add(keys.eds_key(name, keys.DEFAULT_VARIANT))
             if self.node.zone:
                 deps.add(keys.eds_key(name, self.node.zone))
+        if self._unplaced:
+            deps.add(keys.localities_key(model.ClusterName(self.node.k8s_cluster)))
         self.sub.set_keys(deps)
+
+    def _place(self) -> None:
+        """Places a node that names its Kubernetes node once that node's locality is
+        published: a new node's pods (or a whole mesh starting cold) can connect before the
+        translators publish it, and would otherwise keep no zone for the stream's life."""
+        if not self._unplaced:
+            return
+        node = resources.placed(self.ctx.source, self.node)
+        if not node.zone:
+            return
+        self.node, self._unplaced = node, False
+        self._update_keys()
+        log.info(
+            "sidecar placed by its node",
+            extra={"node": node.id, "node_name": node.node_name, "zone": node.zone},
+        )
 
     def _next_nonce(self) -> str:
         self._nonces += 1
@@ -243,6 +263,7 @@ class Stream(Generic[T]):
         changed meanwhile is sent, as it is then, when the answer wakes the stream. A sidecar
         that stops reading therefore costs one response per type, never a queue.
         """
+        self._place()
         out: list[bytes] = []
         order = [t for t in snapshot.TYPE_URLS if t in self.types]
         blocked = False

@@ -84,6 +84,48 @@ async def test_a_sidecar_naming_its_node_gets_its_nodes_zone(
     assert (row["region"], row["zone"]) == ("r1", "z2")
 
 
+async def test_a_sidecar_connected_before_its_node_is_published_is_placed_when_it_is(
+    etcd: etcd_mod.Etcd, xds: xds_server.Handle, channel: grpc.aio.Channel
+) -> None:
+    # NOTE: found by the chaos suite: a new node's pods (or a mesh starting cold) connect
+    # before the translators publish the node's locality; they used to keep no zone.
+    await h.publish_app(etcd, h.app_snapshot("shop", "c1", [ITEM]))
+    await h.publish_eds(etcd, ITEM.name, ("10.0.0.1", 8080))
+    await h.applied(
+        xds.cache, await h.publish_eds(etcd, ITEM.name, ("10.0.0.2", 8080), variant="z2")
+    )
+    client = h.SotwClient(channel, _node("early", node_name="node-b"))
+    await client.send(snapshot.CLUSTER)
+    await client.ack(await client.recv())
+    await client.send(snapshot.ENDPOINT, [ITEM.name])
+    eds = await client.recv()
+    await client.ack(eds, [ITEM.name])
+    assert _addresses(eds) == {"10.0.0.1"}, "no locality yet: the default variant"
+
+    key = keys.localities_key(model.ClusterName("c1"))
+    await etcd.put(key, json.dumps(LOCALITIES).encode())
+    eds = await client.recv()
+    assert _addresses(eds) == {"10.0.0.2"}, "placed in node-b's zone once it is published"
+    await client.ack(eds, [ITEM.name])
+
+    async def placed() -> dict[str, Any] | None:
+        rows = {r["node"]: r for r in await proxy.status(etcd)}
+        row = rows.get("early")
+        return row if row and row["zone"] == "z2" else None
+
+    row = await h.eventually(placed, what="early's status record in z2")
+    assert row["types"]["eds"]["status"] == proxy.SYNCED
+
+
+def _addresses(resp: Any) -> set[str]:
+    cla = endpoint_pb2.ClusterLoadAssignment.FromString(resp.resources[0].value)
+    return {
+        lb.endpoint.address.socket_address.address
+        for group in cla.endpoints
+        for lb in group.lb_endpoints
+    }
+
+
 def test_localities_are_read_and_a_bad_value_keeps_the_last_good_one(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
