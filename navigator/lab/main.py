@@ -917,7 +917,18 @@ class Lab:
         return next((p for p in self.procs if p.popen.poll() is not None), None)
 
     async def stop(self) -> None:
-        """Stops every process, sidecars and control plane first, etcd last."""
+        """Stops every process, sidecars and control plane first, etcd last; the network goes
+        last of all, whatever failed before it."""
+        try:
+            await self._stop_processes()
+        finally:
+            if self.net is not None:
+                # NOTE: after every process in a pod has stopped, so no socket outlives its pod.
+                self.net.teardown()
+                (self.state_dir / "network.json").unlink(missing_ok=True)
+            (self.state_dir / "lab.json").unlink(missing_ok=True)
+
+    async def _stop_processes(self) -> None:
         order = ["envoy", "balancer", "backend", "xds", "translator", "watcher", "kube-api", "etcd"]
         for role in order:
             group = [p for p in self.procs if p.role == role]
@@ -936,11 +947,6 @@ class Lab:
         for proxies in self.etcd_client_proxies.values():
             for proxy in proxies:
                 await proxy.close()
-        if self.net is not None:
-            # NOTE: after every process in a pod has stopped, so no socket outlives its pod.
-            self.net.teardown()
-            (self.state_dir / "network.json").unlink(missing_ok=True)
-        (self.state_dir / "lab.json").unlink(missing_ok=True)
 
 
 def _port_kind(port: dict[str, Any]) -> str:
