@@ -191,6 +191,8 @@ async def _run(args: argparse.Namespace, stop: asyncio.Event) -> int:
                 for inv, ok in result.get("invariants", {}).items():
                     if not ok:
                         print(f"   {inv}: {result['evidence'][inv]}", flush=True)
+                if "diagnosis" in result.get("figures", {}):
+                    print(f"   diagnosis: {result['figures']['diagnosis']}", flush=True)
             health.set_ready(False, "done")
     meta = _meta(started) | {"duration_s": round(time.time() - started, 1)}
     print()

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import ipaddress
+import json
 import logging
 import random
 import time
@@ -27,7 +28,7 @@ import urllib3
 from chaos import history, invariants
 from coordinator import election
 from coordinator import etcd as etcd_mod
-from navigator import proxy
+from navigator import keys, model, proxy
 from navigator.lab import main as lab_main
 
 log = logging.getLogger(__name__)
@@ -350,6 +351,51 @@ class Run:
             await asyncio.sleep(0.2)
         return None
 
+    async def diagnose(self) -> str:
+        """Where the churned service's truth stopped, when the mesh did not converge: etcd's
+        state against the API, and how many of its changes each watcher received."""
+        namespace, name = CHURN_SERVICE
+        parts: list[str] = []
+        for c in self.lab.topology.clusters:
+            key = keys.state_key(
+                model.Endpoints(
+                    cluster=model.ClusterName(c.name),
+                    namespace=namespace,
+                    name=name,
+                    endpoints=(),
+                )
+            )
+            with contextlib.suppress(etcd_mod.EtcdError, ValueError, KeyError):
+                kv = await self.etcd.get(key)
+                held = sorted(e["ip"] for e in json.loads(kv.value)["endpoints"]) if kv else []
+                want = sorted(self.truth.latest(f"{namespace}/{name}", c.name))
+                parts.append(f"{c.name}: etcd {held} {'=' if held == want else '≠'} API {want}")
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for proc in self.lab.procs:
+                if proc.role != "watcher" or proc.popen.poll() is not None:
+                    continue
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(f"http://{proc.extra['http']}/metrics") as resp:
+                        text = await resp.text()
+                    got = [
+                        line.rsplit(" ", 1)[1]
+                        for line in text.splitlines()
+                        if line.startswith("navigator_watcher_events_total")
+                        and 'kind="endpoints"' in line
+                        and 'type="MODIFIED"' in line
+                    ]
+                    parts.append(f"{proc.name} got {got[0] if got else 0} endpoints changes")
+        writes = sum(
+            1
+            for (service, _), vs in self.truth.versions.items()
+            if service == f"{namespace}/{name}"
+            for t, _ in vs
+            if t > -float("inf")
+        )
+        parts.append(f"the API took {writes} changes of {namespace}/{name}")
+        return "; ".join(parts)
+
     async def stop(self) -> None:
         await self.stop_churn()
         await self.probes.stop()
@@ -437,6 +483,8 @@ async def execute(
         converged_s = await run.converge(bound + 10.0)
         if converged_s is not None:
             run.mark("converged")
+        else:
+            run.figures["diagnosis"] = await run.diagnose()
         await asyncio.sleep(1.0)  # NOTE: steady traffic after convergence, also judged by I1
         await run.stop()
         result.update(run.judge(converged_s=converged_s, bound=bound, allowed=allowed))
