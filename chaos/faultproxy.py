@@ -190,26 +190,37 @@ def _hex_address(address: tuple[str, int]) -> str:
     return f"{struct.unpack('<I', packed)[0]:08X}:{address[1]:04X}"
 
 
+def _hex_address6(address: tuple[str, int]) -> str:
+    """An IPv4 address as ``/proc/net/tcp6`` writes it for a dual-stack socket
+    (``::ffff:a.b.c.d``, four 32-bit words each in host byte order): gRPC's sockets are such."""
+    packed = socket.inet_pton(socket.AF_INET6, "::ffff:" + address[0])
+    words = struct.unpack("<4I", packed)
+    return "".join(f"{w:08X}" for w in words) + f":{address[1]:04X}"
+
+
 def socket_owner(
     local: tuple[str, int], remote: tuple[str, int], pids: Iterable[int]
 ) -> int | None:
-    """Which of ``pids`` holds the IPv4 TCP socket ``local`` → ``remote`` (None if none does).
+    """Which of ``pids`` holds the TCP socket ``local`` → ``remote`` (IPv4 addresses; the
+    socket may be IPv4 or dual-stack IPv6); None if none does.
 
     NOTE: by hand from ``/proc`` (``psutil`` would do it, but walks every process and is not a
     dependency here); only a few candidate processes are looked at, once per connection.
     """
-    wanted = (_hex_address(local), _hex_address(remote))
     inode = ""
-    try:
-        with open("/proc/net/tcp") as table:
+    for path, wanted in (
+        ("/proc/net/tcp", (_hex_address(local), _hex_address(remote))),
+        ("/proc/net/tcp6", (_hex_address6(local), _hex_address6(remote))),
+    ):
+        with contextlib.suppress(OSError), open(path) as table:
             next(table)
             for line in table:
                 fields = line.split()
                 if (fields[1], fields[2]) == wanted:
                     inode = fields[9]
                     break
-    except OSError:
-        return None
+        if inode:
+            break
     if not inode:
         return None
     target = f"socket:[{inode}]"

@@ -143,9 +143,20 @@ async def etcd_compaction(run: Run) -> None:
     await run.etcd.compact(revision)
     run.mark(f"etcd compacted at revision {revision}, past xds-1's watch")
     run.figures["compacted_revision"] = revision
+    # NOTE: reset, then pass: its connections must be opened again (a black hole healed in
+    # place would deliver the held bytes on the old stream, and no watch would resume).
+    for p in proxies:
+        p.set_mode(faultproxy.Mode.RESET, only_from=[xds.popen.pid])
     for p in proxies:
         p.set_mode(faultproxy.Mode.PASS)
     run.heal("xds-1 reconnected to etcd")
+    log_file = run.lab.logs / f"{xds.name}.log"
+
+    async def relisted() -> bool:
+        return "snapshot watch compacted, relisting" in log_file.read_text(errors="replace")
+
+    await run.until(relisted, within=30, what="xds-1 to relist after the compaction")
+    run.figures["relisted_after_compaction"] = True
 
 
 # -- translators and watchers ------------------------------------------------------------------
@@ -420,8 +431,9 @@ SCENARIOS: tuple[Scenario, ...] = (
         "etcd-compaction",
         "a front-end cut off from etcd while etcd compacts past its watch",
         "xds-1's connections to etcd are black-holed for 8 s while endpoints change; etcd "
-        "is compacted at the current revision; when xds-1 reconnects its watch resumes below "
-        "the compaction and it must relist rather than stall or serve a stale view.",
+        "is compacted at the current revision; its connections are reset and it reconnects: "
+        "its watch resumes below the compaction and it must relist (checked in its log) "
+        "rather than stall or serve a stale view.",
         etcd_compaction,
         shape={"etcd_client_proxies": ("xds",)},
     ),

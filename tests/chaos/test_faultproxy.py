@@ -58,7 +58,10 @@ async def test_modes_pass_blackhole_and_reset(echo: str) -> None:
 
 CLIENT = """
 import socket, sys
-s = socket.create_connection(("{host}", {port}), timeout=5)
+# NOTE: a dual-stack IPv6 socket, as gRPC's are: it shows in /proc/net/tcp6, v4-mapped.
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.settimeout(5)
+s.connect(("::ffff:{host}", {port}))
 s.settimeout(float(sys.argv[1]))
 s.sendall(b"ping")
 try:
