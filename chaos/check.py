@@ -93,21 +93,11 @@ async def api_matches_etcd(
     bad: list[str] = []
     compared = 0
     for context in contexts:
-
-        def read(ctx: str = context) -> dict[str, frozenset[str]]:
-            client = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig, context=ctx
-            )
-            api = kubernetes.client.CoreV1Api(client)
-            items: list[Any] = api.list_endpoints_for_all_namespaces().items
-            return {
-                f"{e.metadata.namespace}/{e.metadata.name}": frozenset(
-                    a.ip for s in e.subsets or [] for a in s.addresses or []
-                )
-                for e in items
-            }
-
-        for name, ips in (await asyncio.to_thread(read)).items():
+        client = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, context=context
+        )
+        api = kubernetes.client.CoreV1Api(client)
+        for name, ips in (await asyncio.to_thread(history.api_endpoints, api)).items():
             compared += 1
             held = in_etcd.get((context, name))
             if held is None:

@@ -98,6 +98,19 @@ class Truth:
         )
 
 
+def api_endpoints(core_api: Any) -> dict[str, IPs]:
+    """Every Endpoints object a cluster's API holds: ``namespace/name`` → its ready IPs.
+
+    ``core_api``: the official client's CoreV1Api. Synchronous (call it off the loop).
+    """
+    return {
+        f"{e.metadata.namespace}/{e.metadata.name}": frozenset(
+            a.ip for s in e.subsets or [] for a in s.addresses or []
+        )
+        for e in core_api.list_endpoints_for_all_namespaces().items
+    }
+
+
 # -- Envoy sidecars ----------------------------------------------------------------------------
 
 
@@ -192,9 +205,6 @@ class EtcdLog:
                 self.gaps.append((revision, again.revision))
                 revision = again.revision
 
-    def first(self, prefix: str, since: float = 0.0) -> Change | None:
-        return next((c for c in self.changes if c.t >= since and c.key.startswith(prefix)), None)
-
 
 # -- probes ------------------------------------------------------------------------------------
 
@@ -280,11 +290,17 @@ class Probes:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(task, 5)
 
-    def count(self) -> int:
-        return len(self.results)
-
 
 # -- counters ----------------------------------------------------------------------------------
+
+
+def metric_value(text: str, name: str, labels: Mapping[str, str]) -> float:
+    """One sample of a Prometheus text page (0 when absent)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
 
 
 class Counters:
@@ -302,13 +318,7 @@ class Counters:
                     text = await resp.text()
             except (aiohttp.ClientError, TimeoutError):
                 continue
-            value = 0.0
-            for family in text_string_to_metric_families(text):
-                for s in family.samples:
-                    if s.name == self.name and all(
-                        s.labels.get(k) == v for k, v in self.labels.items()
-                    ):
-                        value = float(s.value)
+            value = metric_value(text, self.name, self.labels)
             lives = self.lives.setdefault(proc, [0.0])
             if value < lives[-1]:
                 lives.append(value)

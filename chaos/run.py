@@ -111,18 +111,8 @@ class Run:
 
     async def read_truth(self) -> None:
         for c in self.lab.topology.clusters:
-
-            def read(cluster: str = c.name) -> list[tuple[str, list[str]]]:
-                items = self.api(cluster).list_endpoints_for_all_namespaces().items
-                return [
-                    (
-                        f"{e.metadata.namespace}/{e.metadata.name}",
-                        [a.ip for s in e.subsets or [] for a in s.addresses or []],
-                    )
-                    for e in items
-                ]
-
-            for service, ips in await asyncio.to_thread(read):
+            found = await asyncio.to_thread(history.api_endpoints, self.api(c.name))
+            for service, ips in found.items():
                 self.truth.record(service, c.name, ips, -float("inf"))
 
     async def set_endpoints(self, cluster: str, namespace: str, name: str, ips: list[str]) -> None:
@@ -378,14 +368,12 @@ class Run:
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with session.get(f"http://{proc.extra['http']}/metrics") as resp:
                         text = await resp.text()
-                    got = [
-                        line.rsplit(" ", 1)[1]
-                        for line in text.splitlines()
-                        if line.startswith("navigator_watcher_events_total")
-                        and 'kind="endpoints"' in line
-                        and 'type="MODIFIED"' in line
-                    ]
-                    parts.append(f"{proc.name} got {got[0] if got else 0} endpoints changes")
+                    got = history.metric_value(
+                        text,
+                        "navigator_watcher_events_total",
+                        {"kind": "endpoints", "type": "MODIFIED"},
+                    )
+                    parts.append(f"{proc.name} got {got:.0f} endpoints changes")
         writes = sum(
             1
             for (service, _), vs in self.truth.versions.items()
