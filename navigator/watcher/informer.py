@@ -16,7 +16,8 @@ The loop for each kind (like client-go's reflector):
    we were not watching (after a 410) are not lost;
 2. watch from the listing's resourceVersion with bookmarks; a stream that ends or breaks is
    re-opened from the last resourceVersion seen (object or bookmark);
-3. on 410 Gone (compacted history), go to 1.
+3. on 410 Gone (compacted history), go to 1; also when ``relist`` is called (a replica's term
+   starts: ``runner``) and when the cycle is cancelled by anything but its owner.
 
 Exceptions (raised by ``KubeApi``, handled inside ``Informer.run``)::
 
@@ -380,17 +381,50 @@ class Informer:
         self._not_served_logged = False
         self._bad: dict[keys.StateKey, str] = {}
         """Objects skipped as malformed, with the reason already logged."""
+        self._cycle: asyncio.Task[None] | None = None
+        """The current listing and the watch that follows it."""
+        self._relist_asked = False
+        self._watching = False
 
     @property
     def kind(self) -> model.Kind:
         return self.resource.kind
 
+    def relist(self) -> None:
+        """Drops the current watch and lists again, now: what this informer handed the store
+        is then the API's state at this moment, whatever a watch may have missed."""
+        # NOTE: a listing under way already gives the state of now; only a watch is ended.
+        if self._watching and self._cycle is not None and not self._cycle.done():
+            self._relist_asked = True
+            self._cycle.cancel()
+
     async def run(self) -> None:
         """Lists and watches until cancelled; never ends on its own."""
         while True:
+            # NOTE: the listing and its watch run as a task of their own, so that ``relist``
+            # can end them at any await, and so that a cancellation this task was not asked
+            # for (a library's stray CancelledError ends the cycle, not the informer) is told
+            # apart from our own cancellation (``cancelling``) and answered with a relist.
+            self._cycle = asyncio.create_task(
+                self._list_and_watch(), name=f"informer-{self.cluster}-{self.kind.value}"
+            )
             try:
-                rv = await self._list_until_done()
-                await self._watch_from(rv)
+                await self._cycle
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                if self._relist_asked:
+                    log.info(
+                        "relisting on request",
+                        extra={"cluster": self.cluster, "kind": self.kind.value},
+                    )
+                else:
+                    log.error(
+                        "informer's list/watch was cancelled from outside, relisting",
+                        extra={"cluster": self.cluster, "kind": self.kind.value},
+                    )
+                self._relist_asked = False
             except Expired as exc:
                 log.info(
                     "watch expired, relisting",
@@ -403,6 +437,14 @@ class Informer:
                     extra={"cluster": self.cluster, "kind": self.kind.value},
                 )
                 await asyncio.sleep(self._max_backoff)
+
+    async def _list_and_watch(self) -> None:
+        rv = await self._list_until_done()
+        self._watching = True
+        try:
+            await self._watch_from(rv)
+        finally:
+            self._watching = False
 
     # --- list -----------------------------------------------------------------------------
 

@@ -54,7 +54,11 @@ class Watcher:
 
 
 async def _as_replica(
-    sync: store.SyncStore, etcd: etcd_mod.Etcd, replica: Replica, s: session.Session
+    sync: store.SyncStore,
+    informers: Sequence[informer.Informer],
+    etcd: etcd_mod.Etcd,
+    replica: Replica,
+    s: session.Session,
 ) -> None:
     """One session of a replica: registered, campaigning, writing while it leads."""
     cluster = sync.cluster
@@ -66,6 +70,11 @@ async def _as_replica(
     async def term(leadership: election.Leadership) -> None:
         registration.set_leads([f"{ROLE}/{cluster}"])
         metrics.LEADING.labels(cluster).set(1)
+        # NOTE: a term starts from the API's state now, not from what the warm informers
+        # gathered while another replica wrote: one listing per kind, and whatever a watch
+        # missed during the standby (an event lost across an outage) is written in this term.
+        for inf in informers:
+            inf.relist()
         try:
             await sync.lead(leadership.fence)
         except etcd_mod.Deposed as exc:
@@ -146,7 +155,7 @@ async def run_watcher(
         writer = session.run_sessions(
             etcd,
             ttl=replica.lease_ttl,
-            body=lambda s: _as_replica(sync, etcd, replica, s),
+            body=lambda s: _as_replica(sync, informers, etcd, replica, s),
         )
     tasks = [asyncio.create_task(writer, name=f"watcher-store-{cluster}")]
     tasks += [
