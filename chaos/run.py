@@ -144,14 +144,18 @@ class Run:
         net = self.truth.cidrs[cluster]
         taken = {p.extra.get("ip") for p in self.lab.procs}
         pool = list(current)
+        added = []
         for host in range(200, 255):
             if len(pool) >= len(current) + EXTRA_PODS:
                 break
             ip = str(net.network_address + host)
             if ip in taken:
                 continue
-            self.lab.add_backend(cluster, f"{name}-{cluster}-x{host}", ip, ports)
+            added.append(self.lab.add_backend(cluster, f"{name}-{cluster}-x{host}", ip, ports))
             pool.append(ip)
+        # NOTE: a pod in the churn's pool must be serving before the churn can name it: one
+        # named while its process was still starting failed a probe (connection refused).
+        await asyncio.to_thread(self.lab.wait_serving, added)
         self.pools[cluster] = pool
 
     async def churn_once(self, cluster: str) -> list[str]:

@@ -625,6 +625,23 @@ class Lab:
             extra={"pod": pod, "ip": ip, "exec": prefix},
         )
 
+    def wait_serving(self, backends: Sequence[Proc], timeout: float = 20.0) -> None:
+        """Returns once every one of ``backends`` says it serves (its log's "pod serving"
+        line: its sockets are bound); raises LabError if one exits or the deadline passes."""
+        deadline = time.monotonic() + timeout
+        waiting = list(backends)
+        while waiting:
+            for proc in list(waiting):
+                if proc.popen.poll() is not None:
+                    raise LabError(f"{proc.name} exited with {proc.popen.returncode}")
+                log_file = self.logs / f"{proc.name}.log"
+                if log_file.exists() and "pod serving" in log_file.read_text(errors="replace"):
+                    waiting.remove(proc)
+            if waiting and time.monotonic() > deadline:
+                raise LabError(f"not serving within {timeout:g} s: {[p.name for p in waiting]}")
+            if waiting:
+                time.sleep(0.05)
+
     def _start_backends(self) -> None:
         """One process per pod address of the example Endpoints, bound to the pod IP."""
         for c in self.topology.clusters:
