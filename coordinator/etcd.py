@@ -2,7 +2,8 @@
 
 aetcd gives us the etcd v3 stubs and error types but leaves reconnection, retries, multi-member
 targets, leases kept alive and watch resumption to its user; this module adds them, and is the
-only place that talks to aetcd.
+only place that talks to aetcd (``coordinator.auth`` sets up etcd's roles through
+``Etcd.auth_call``).
 
 Client TLS (``Tls``) goes into the same channel constructor: a member is reached over TLS
 when the endpoints are ``https://`` or TLS material is given, in plaintext otherwise.
@@ -13,7 +14,10 @@ Exceptions (library errors are wrapped at this boundary)::
     ├── EtcdUnavailable    no member answered within the retry budget (a failed TLS
     │                      handshake too: its reason is in the message)
     ├── Compacted          a watch asked for a revision etcd has compacted: relist
-    └── Deposed            a fenced write was refused: the writer no longer holds its key
+    ├── Deposed            a fenced write was refused: the writer no longer holds its key
+    └── PermissionDenied   etcd's authentication refused the call: this client's user (the CN
+                           of its certificate) may not read or write that key. Not retried,
+                           for reads, writes, lease revocations and watches alike
 
 Unusable configuration raises ValueError before anything connects: endpoints that are not
 ``host:port`` or mix ``http://`` and ``https://``, and TLS material that is not PEM
@@ -84,6 +88,20 @@ class Compacted(EtcdError):
     def __init__(self, revision: int) -> None:
         super().__init__(f"revision compacted below {revision}")
         self.revision = revision
+
+
+class PermissionDenied(EtcdError):
+    """etcd refused a call for this client's user (``coordinator.auth``); retrying cannot help.
+
+    ``what`` is the call, named by its first key (``a write of /navigator/v1/...``); ``user``
+    the subject CN of the client certificate, None without one.
+    """
+
+    def __init__(self, what: str, user: str | None) -> None:
+        who = f"etcd user {user!r}" if user else "this etcd client (no client certificate)"
+        super().__init__(f"etcd refused {what}: permission denied to {who}")
+        self.what = what
+        self.user = user
 
 
 class Deposed(EtcdError):
@@ -340,6 +358,7 @@ class _Client(aetcd.Client):  # type: ignore[misc]
         self.clusterstub = aetcd.rpc.ClusterStub(self.channel)
         self.leasestub = aetcd.rpc.LeaseStub(self.channel)
         self.maintenancestub = aetcd.rpc.MaintenanceStub(self.channel)
+        self.authstub = aetcd.rpc.AuthStub(self.channel)
         self._watcher = aetcd.watcher.Watcher(
             aetcd.rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
         )
@@ -528,6 +547,9 @@ class Etcd:
                 if exc.code() == aetcd.rpc.StatusCode.CANCELLED:
                     # NOTE: its channel was closed under it (the member was passed over).
                     raise aetcd.exceptions.ConnectionFailedError("channel closed") from exc
+                if exc.code() == aetcd.rpc.StatusCode.PERMISSION_DENIED:
+                    # NOTE: not a ClientError, so tenacity does not retry it.
+                    raise self._denied(_subject(method, request)) from exc
                 try:
                     aetcd.exceptions._handle_exception(exc)
                 except _TRANSIENT as mapped:
@@ -548,6 +570,10 @@ class Etcd:
 
     async def _kv(self, method: str, request: Any, retry_for: float | None = None) -> Any:
         return await self._rpc("kvstub", method, request, retry_for)
+
+    def _denied(self, what: str) -> PermissionDenied:
+        cert = None if self.tls is None else self.tls.cert
+        return PermissionDenied(what, None if cert is None else _certificate_user(cert))
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -741,6 +767,8 @@ class Etcd:
                 with _closed_channel_is_transient("lease keepalive"):
                     return await once()
         except aetcd.rpc.AioRpcError as exc:
+            if exc.code() == aetcd.rpc.StatusCode.PERMISSION_DENIED:
+                raise self._denied(f"the keepalive of lease {lease:x}") from exc
             if exc.code() != aetcd.rpc.StatusCode.CANCELLED:
                 self._failed(member, exc.code().name)
             raise EtcdUnavailable(f"lease keepalive failed: {exc.code().name}") from exc
@@ -755,6 +783,21 @@ class Etcd:
         except EtcdError as exc:
             if isinstance(exc, EtcdUnavailable) or "not found" not in str(exc):
                 raise
+
+    # --- authentication (set up by coordinator.auth) ---------------------------------------
+
+    async def auth_call(self, method: str, **fields: Any) -> Any:
+        """One call of etcd's Auth service, retried like every call: ``method`` as in etcd's
+        ``rpc.proto`` (``RoleAdd``, ``UserGrantRole``, ``AuthEnable``...), the request's
+        fields by name, nested messages as dicts (``perm={"permType": 2, "key": b"..."}``).
+
+        Returns etcd's answer (a protobuf message). Raises PermissionDenied when auth is on
+        and this client is not ``root``, EtcdError for what etcd refuses (an existing role:
+        ``role name already exists``).
+        """
+        name = method if method.startswith("Auth") else f"Auth{method}"
+        request = getattr(aetcd.rpc, f"{name}Request")(**fields)
+        return await self._rpc("authstub", method, request, None)
 
     # --- watches --------------------------------------------------------------------------
 
@@ -853,6 +896,10 @@ class Etcd:
                 async for resp in call:
                     if resp.compact_revision:
                         raise Compacted(resp.compact_revision)
+                    if resp.canceled and "permission denied" in resp.cancel_reason.lower():
+                        # NOTE: etcd checks read permission when the watch is created and
+                        # cancels it at once; resuming would be refused the same way.
+                        raise self._denied(f"a watch of {_range_name(key, range_end)}")
                     if resp.canceled:
                         self._failed(member, resp.cancel_reason)
                         raise EtcdUnavailable(f"etcd cancelled the watch: {resp.cancel_reason}")
@@ -932,6 +979,46 @@ def _kv_of(kv: Any) -> KeyValue:
         create_revision=int(kv.create_revision),
         lease=int(kv.lease),
     )
+
+
+def _range_name(key: bytes, range_end: bytes) -> str:
+    name = key.decode(errors="replace")
+    return f"{name}*" if range_end else name
+
+
+def _subject(method: str, request: Any) -> str:
+    """What a refused call was about, for its error: ``a write of <first key> (and N more)``."""
+    if method == "Range":
+        return f"a read of {_range_name(request.key, request.range_end)}"
+    if method == "Txn":
+        written = [
+            op.request_put.key or op.request_delete_range.key
+            for op in request.success
+            if op.WhichOneof("request") in ("request_put", "request_delete_range")
+        ]
+        if written:
+            more = f" (and {len(written) - 1} more keys)" if len(written) > 1 else ""
+            return f"a write of {written[0].decode(errors='replace')}{more}"
+        if request.compare:
+            return f"a transaction on {request.compare[0].key.decode(errors='replace')}"
+    if method == "LeaseRevoke":
+        return f"the revocation of lease {request.ID:x}"
+    return method
+
+
+def _certificate_user(pem: bytes) -> str | None:
+    """The subject CN of a PEM certificate: the etcd user of a client with client-cert auth."""
+    # NOTE: imported here: only an error message needs it.
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        found = x509.load_pem_x509_certificate(pem).subject.get_attributes_for_oid(
+            NameOID.COMMON_NAME
+        )
+    except ValueError:
+        return None
+    return str(found[0].value) if found else None
 
 
 def _fence_compare(fence: Fence) -> Any:

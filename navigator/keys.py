@@ -31,6 +31,9 @@ Layout (``<ns>`` is ``_`` for cluster-scoped objects)::
                                                         transaction under that key (decimal);
                                                         written in the same transaction
 
+Who may write what (``WATCHER_WRITES``, ``TRANSLATOR_WRITES``, ``XDS_WRITES``): etcd enforces
+it with one role per component (``coordinator.auth``); every component reads the whole root.
+
 Leadership keys are written only by ``coordinator.election``: a leader's fencing token is the
 create revision of its key, and every write it makes compares it.
 
@@ -326,3 +329,54 @@ def owner_shard(key: str, shards: int) -> int | None:
 def service_shard(namespace: str, name: str, shards: int) -> int:
     """The shard that writes the endpoint assignments of a service."""
     return shard_of(f"{namespace}/{name}", shards)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyRange:
+    """One key (``prefix=False``) or every key under a prefix: what one etcd role permission
+    covers."""
+
+    key: str
+    prefix: bool = True
+
+    @property
+    def range_end(self) -> bytes:
+        """etcd's ``range_end`` for it (empty: the key alone)."""
+        return prefix_range_end(self.key) if self.prefix else b""
+
+    def covers(self, key: str) -> bool:
+        return key.startswith(self.key) if self.prefix else key == self.key
+
+
+# NOTE: the member roles are those of ``navigator.watcher.runner.ROLE``,
+# ``coordinator.shards.ROLE`` and ``navigator.xds.server.ROLE`` (this module imports none of
+# them; a test checks that they agree).
+WATCHER_WRITES: tuple[KeyRange, ...] = (
+    KeyRange(STATE),
+    KeyRange(SYNCED),
+    KeyRange(STALE),
+    KeyRange(WATCHERS),
+    KeyRange(FENCES + WATCHERS[len(ROOT) :]),
+    KeyRange(members_prefix("watcher")),
+)
+"""What a watcher replica writes: its clusters' state and markers, the watcher leadership keys
+(``coordinator.election``), the fence marks of its terms and its member record."""
+
+TRANSLATOR_WRITES: tuple[KeyRange, ...] = (
+    KeyRange(SNAPSHOTS),
+    KeyRange(DIAGNOSTICS),
+    KeyRange(SHARDS),
+    KeyRange(SHARD_COUNT, prefix=False),
+    KeyRange(FENCES + SHARDS[len(ROOT) :]),
+    KeyRange(members_prefix("translator")),
+)
+"""What a translator replica writes: snapshots and diagnostics, the shard leadership keys and
+the shard count (the first translator creates it), the fence marks of its terms and its
+member record. Nothing else under ``config/``: the rest is the operators'."""
+
+XDS_WRITES: tuple[KeyRange, ...] = (
+    KeyRange(SIDECARS),
+    KeyRange(members_prefix("xds")),
+)
+"""What an xDS front-end writes: its sidecars' status records and its member record; it only
+reads configuration."""

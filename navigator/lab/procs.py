@@ -2,6 +2,11 @@
 
 Each server is a child process started directly from its binary (not through the Python
 shims on PATH), so the PID we hold is the server's own and signals reach it.
+
+etcd can be started with client TLS and client-certificate authentication
+(``make_etcd_credentials`` makes a CA, the members' certificate and one client certificate
+per etcd user; ``start_etcd_cluster(..., tls=credentials.server)``), for the roles of
+``coordinator.auth``.
 """
 
 from __future__ import annotations
@@ -15,8 +20,15 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+import urllib.parse
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from navigator import pki
+
+if TYPE_CHECKING:
+    from coordinator import etcd as etcd_mod
 
 
 class ProcError(RuntimeError):
@@ -100,6 +112,129 @@ def wait_tcp(
     raise ProcError(f"{host}:{port} did not open within {timeout}s")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerTls:
+    """Client TLS of the etcd members we start: their certificate and key, and the CA a
+    client's certificate must be signed by (``--client-cert-auth``: its CN is the user)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def args(self) -> list[str]:
+        return [
+            "--client-cert-auth",
+            "--trusted-ca-file", str(self.ca),
+            "--cert-file", str(self.cert),
+            "--key-file", str(self.key),
+        ]  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClientCredentials:
+    """One etcd user's client TLS files: the CA that signed the members' certificate, and a
+    certificate whose CN is ``user`` with its key."""
+
+    user: str
+    ca: Path
+    cert: Path
+    key: Path
+
+    def flags(self) -> list[str]:
+        """The command-line options every command takes (``runtime.add_etcd_argument``)."""
+        return [
+            "--etcd-ca", str(self.ca),
+            "--etcd-cert", str(self.cert),
+            "--etcd-key", str(self.key),
+        ]  # fmt: skip
+
+    def env(self) -> dict[str, str]:
+        """The same as environment variables."""
+        return {
+            "NAVIGATOR_ETCD_CA": str(self.ca),
+            "NAVIGATOR_ETCD_CERT": str(self.cert),
+            "NAVIGATOR_ETCD_KEY": str(self.key),
+        }
+
+    def tls(self) -> etcd_mod.Tls:
+        """For a client made here (``coordinator.etcd.Etcd(urls, tls=...)``)."""
+        from coordinator import etcd as etcd_mod
+
+        return etcd_mod.Tls.from_files(ca=self.ca, cert=self.cert, key=self.key)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EtcdCredentials:
+    """What ``make_etcd_credentials`` wrote: the members' TLS and a client per etcd user."""
+
+    directory: Path
+    ca: Path
+    server: ServerTls
+    clients: Mapping[str, ClientCredentials]
+    """By etcd user (``coordinator.auth.USERS``)."""
+
+    def client(self, user: str) -> ClientCredentials:
+        return self.clients[user]
+
+    @property
+    def root(self) -> ClientCredentials:
+        """For the lab's own client: it sets up the roles (``coordinator.auth.enable``) and
+        writes what operators write."""
+        return self.clients["root"]
+
+
+def make_etcd_credentials(
+    directory: Path,
+    *,
+    hosts: Iterable[str] = ("127.0.0.1", "localhost"),
+    users: Iterable[str] | None = None,
+    days: int = pki.DEFAULT_DAYS,
+) -> EtcdCredentials:
+    """A new CA, a certificate for the etcd members at ``hosts`` and one client certificate
+    per etcd user (default: ``coordinator.auth.USERS``), written in ``directory``::
+
+        ca.pem                  the CA's certificate (its key is not kept)
+        etcd-server.pem/.key    the members' certificate (SANs: ``hosts``) and key
+        <user>.pem/.key         a client certificate with CN <user>, and its key
+
+    ``hosts`` are the members' addresses: IPs or names, ``host:port`` or URLs (only the host
+    counts). Keys are written 0600. Everything is made anew on each call.
+    """
+    if users is None:
+        # NOTE: imported here: coordinator loads gRPC, which starting a server does not need.
+        from coordinator import auth
+
+        users = auth.USERS
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = pki.new_ca(days=days)
+    ca_path = pki.write_cert(ca, directory / "ca.pem")
+    server_cert, server_key = pki.write_pair(
+        pki.issue_server(ca, name="etcd", hosts=[_host_of(h) for h in hosts], days=days),
+        directory,
+        "etcd-server",
+    )
+    clients: dict[str, ClientCredentials] = {}
+    for user in dict.fromkeys(users):
+        cert, key = pki.write_pair(pki.issue_client(ca, user=user, days=days), directory, user)
+        clients[user] = ClientCredentials(user=user, ca=ca_path, cert=cert, key=key)
+    return EtcdCredentials(
+        directory=directory,
+        ca=ca_path,
+        server=ServerTls(ca=ca_path, cert=server_cert, key=server_key),
+        clients=clients,
+    )
+
+
+def _host_of(address: str) -> str:
+    """``https://10.0.0.1:2379``, ``10.0.0.1:2379``, ``[::1]:2379``, ``::1`` → the host."""
+    if "://" not in address and address.count(":") > 1 and not address.startswith("["):
+        return address  # NOTE: a bare IPv6 address.
+    host = urllib.parse.urlsplit(address if "://" in address else f"//{address}").hostname
+    if not host:
+        raise ValueError(f"no host in {address!r}")
+    return host
+
+
 @dataclasses.dataclass
 class EtcdMember:
     """One member of an etcd cluster that we started; ``popen`` is the real etcd's process."""
@@ -113,6 +248,8 @@ class EtcdMember:
     popen: subprocess.Popen[bytes]
     peer_listen_url: str = ""
     """Where it listens for peers, when that differs from ``peer_url`` (a proxy in between)."""
+    tls: ServerTls | None = None
+    """Client TLS: ``client_url`` is ``https://`` then."""
 
     @property
     def client_port(self) -> int:
@@ -156,12 +293,18 @@ def start_etcd_cluster(
     logs: Path | None = None,
     peer_listen: Mapping[str, int] | None = None,
     peer_advertise: Mapping[str, str] | None = None,
+    tls: ServerTls | None = None,
 ) -> list[EtcdMember]:
     """Starts an etcd cluster of ``members`` members (``etcd0``...) on ``host``; waits until
     each listens. With ``peer_listen`` and ``peer_advertise`` (by member name) a member listens
-    for peers on one port and tells its peers another (``host:port``: a fault proxy's)."""
+    for peers on one port and tells its peers another (``host:port``: a fault proxy's).
+
+    With ``tls`` clients are served over TLS only (``https://`` client URLs) and must show a
+    certificate signed by ``tls.ca``; peers still talk plain HTTP (on loopback).
+    """
     names = [f"etcd{i}" for i in range(members)]
-    client = {n: f"http://{host}:{free_port(host)}" for n in names}
+    scheme = "http" if tls is None else "https"
+    client = {n: f"{scheme}://{host}:{free_port(host)}" for n in names}
     listen = {n: f"http://{host}:{(peer_listen or {}).get(n) or free_port(host)}" for n in names}
     peer = {n: f"http://{peer_advertise[n]}" if peer_advertise else listen[n] for n in names}
     initial = ",".join(f"{n}={peer[n]}" for n in names)
@@ -182,11 +325,14 @@ def start_etcd_cluster(
                     initial=initial,
                     state="new",
                     listen_peer_url=listen[n],
+                    tls=tls,
                 ),
                 log_file=log_file,
             )
             out.append(
-                EtcdMember(n, client[n], peer[n], data_dir, log_file, initial, popen, listen[n])
+                EtcdMember(
+                    n, client[n], peer[n], data_dir, log_file, initial, popen, listen[n], tls
+                )
             )
         for m in out:
             wait_tcp(host, m.client_port, proc=m.popen)
@@ -208,6 +354,7 @@ def restart_etcd_member(member: EtcdMember) -> None:
             initial=member.initial_cluster,
             state="existing",
             listen_peer_url=member.peer_listen_url,
+            tls=member.tls,
         ),
         log_file=member.log_file,
     )
@@ -224,6 +371,7 @@ def _etcd_args(
     initial: str,
     state: str,
     listen_peer_url: str = "",
+    tls: ServerTls | None = None,
 ) -> list[str]:
     return [
         str(etcd_binary()),
@@ -249,6 +397,7 @@ def _etcd_args(
         "warn",
         "--quota-backend-bytes",
         str(2 * 1024**3),
+        *(tls.args() if tls is not None else []),
     ]
 
 
