@@ -41,7 +41,8 @@ def api_resource_list(group: str, version: str) -> dict[str, Any]:
             "singularName": rt.singular,
             "namespaced": rt.namespaced,
             "kind": rt.kind,
-            "verbs": [v for v in _VERBS if rt.namespaced or v != "deletecollection"],
+            "verbs": ["create"] if rt.virtual else
+                     [v for v in _VERBS if rt.namespaced or v != "deletecollection"],
         }
         if rt.short_names:
             entry["shortNames"] = list(rt.short_names)
@@ -52,6 +53,11 @@ def api_resource_list(group: str, version: str) -> dict[str, Any]:
             out.append({"name": f"{rt.plural}/status", "singularName": "",
                         "namespaced": rt.namespaced, "kind": rt.kind,
                         "verbs": ["get", "patch", "update"]})
+        for sub in rt.subresources:
+            out.append({"name": f"{rt.plural}/{sub.name}", "singularName": "",
+                        "namespaced": rt.namespaced, "group": sub.kind.group,
+                        "version": sub.kind.version, "kind": sub.kind.kind,
+                        "verbs": ["create"]})
     gv = f"{group}/{version}" if group else version
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out}
 
@@ -128,6 +134,8 @@ def _paths(rt: ResourceType) -> dict[str, Any]:
     scope = f"{base}/namespaces/{{namespace}}" if rt.namespaced else base
     ns = ["namespace"] if rt.namespaced else []
     coll, item = f"{scope}/{rt.plural}", f"{scope}/{rt.plural}/{{name}}"
+    if rt.virtual:
+        return {coll: {"post": _operation(rt, "post", ns)}}
     paths: dict[str, Any] = {
         coll: {"get": _operation(rt, "list", ns), "post": _operation(rt, "post", ns)},
         item: {a: _operation(rt, a, [*ns, "name"])
@@ -139,6 +147,8 @@ def _paths(rt: ResourceType) -> dict[str, Any]:
     if rt.status_subresource:
         paths[f"{item}/status"] = {a: _operation(rt, a, [*ns, "name"])
                                    for a in ("get", "put", "patch")}
+    for sub in rt.subresources:
+        paths[f"{item}/{sub.name}"] = {"post": _operation(sub.kind, "post", [*ns, "name"])}
     return paths
 
 
@@ -159,7 +169,10 @@ def documents() -> dict[str, tuple[bytes, str]]:
             "openapi": "3.0.0",
             "info": {"title": "Kubernetes", "version": VERSION_INFO["gitVersion"]},
             "paths": {p: ops for rt in rts for p, ops in _paths(rt).items()},
-            "components": {"schemas": {_schema_id(rt): _schema(rt) for rt in rts}},
+            "components": {"schemas": {
+                _schema_id(kind): _schema(kind)
+                for rt in rts for kind in (rt, *(sub.kind for sub in rt.subresources))
+            }},
         }
         body = json.dumps(doc, sort_keys=True).encode()
         key = f"apis/{group}/{version}" if group else f"api/{version}"

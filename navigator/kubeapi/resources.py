@@ -2,11 +2,16 @@
 
 Discovery, OpenAPI, routing, validation and defaulting are all derived from ``RESOURCES``, so
 adding a kind (or a custom resource of the mesh) is one entry here and nothing else.
+
+``RESOURCES`` are the stored kinds. ``VIRTUAL`` kinds (TokenReview) are only ever created:
+the server computes the answer and stores nothing. A ``Subresource`` such as
+``serviceaccounts/token`` is likewise create-only and answered in another kind (TokenRequest).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import base64
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,6 +31,7 @@ from navigator.kubeapi.validation import (
 )
 
 MESH_GROUP = "navigator.avito.ru"
+AUTHENTICATION_GROUP = "authentication.k8s.io"
 
 
 class DefaultingContext(Protocol):
@@ -55,6 +61,11 @@ class ResourceType:
     return_deleted_object: bool = False
     allow_create_on_update: bool = False
     defaulter: Defaulter | None = field(default=None, compare=False)
+    subresources: tuple[Subresource, ...] = ()  # create-only ones; ``status`` is apart
+    virtual: bool = False  # create-only and never stored (TokenReview)
+    # The protobuf encoding, for the kinds that kubectl's typed commands (``create token``,
+    # ``create serviceaccount``) send as protobuf; other kinds take JSON or YAML only.
+    proto: ProtoMessage | None = field(default=None, compare=False)
 
     @property
     def api_version(self) -> str:
@@ -72,6 +83,31 @@ class ResourceType:
     @property
     def path_prefix(self) -> str:
         return f"/apis/{self.group}/{self.version}" if self.group else f"/{self.version}"
+
+
+@dataclass(frozen=True)
+class Subresource:
+    """A create-only subresource whose request and answer are of another kind:
+    ``POST .../serviceaccounts/{name}/token`` takes and returns a TokenRequest."""
+
+    name: str
+    kind: ResourceType
+
+
+@dataclass(frozen=True)
+class ProtoField:
+    """One field of a protobuf message: its JSON name and ``type``, a scalar (``string``,
+    ``int64``, ``bool``, ``map`` for map<string, string>) or a message."""
+
+    name: str
+    type: str | ProtoMessage = "string"
+    repeated: bool = False
+    # A pointer in Go (``*int64``): a zero sent is a value. Otherwise zero means unset, as the
+    # JSON encoding's omitempty has it.
+    pointer: bool = False
+
+
+ProtoMessage = Mapping[int, ProtoField]
 
 
 # --- Schemas ---------------------------------------------------------------------------------
@@ -213,6 +249,69 @@ INGRESS = top_level(
     status=AnyValue(),
 )
 
+SERVICE_ACCOUNT = top_level(
+    secrets=Array(OBJECT_REFERENCE),
+    imagePullSecrets=Array(Obj({"name": STR})),
+    automountServiceAccountToken=BOOL,
+)
+
+SECRET = top_level(data=Map(STR), stringData=Map(STR), type=STR, immutable=BOOL)
+
+BOUND_OBJECT_REFERENCE = Obj({"kind": STR, "apiVersion": STR, "name": STR, "uid": STR})
+TOKEN_REQUEST = top_level(
+    spec=Obj(
+        {
+            "audiences": Array(STR),
+            "expirationSeconds": INT,
+            "boundObjectRef": BOUND_OBJECT_REFERENCE,
+        }
+    ),
+    status=Obj({"token": STR, "expirationTimestamp": STR}),
+)
+TOKEN_REVIEW = top_level(
+    spec=Obj({"token": STR, "audiences": Array(STR)}),
+    status=AnyValue(),
+)
+
+# --- Protobuf field numbers (``generated.proto`` of k8s.io/api and apimachinery) -----------
+
+PROTO_OWNER_REFERENCE: ProtoMessage = {
+    1: ProtoField("kind"), 3: ProtoField("name"), 4: ProtoField("uid"),
+    5: ProtoField("apiVersion"), 6: ProtoField("controller", "bool", pointer=True),
+    7: ProtoField("blockOwnerDeletion", "bool", pointer=True),
+}
+PROTO_OBJECT_META: ProtoMessage = {
+    1: ProtoField("name"), 2: ProtoField("generateName"), 3: ProtoField("namespace"),
+    5: ProtoField("uid"), 6: ProtoField("resourceVersion"), 11: ProtoField("labels", "map"),
+    12: ProtoField("annotations", "map"),
+    13: ProtoField("ownerReferences", PROTO_OWNER_REFERENCE, repeated=True),
+    14: ProtoField("finalizers", repeated=True),
+}
+PROTO_OBJECT_REFERENCE: ProtoMessage = {
+    1: ProtoField("kind"), 2: ProtoField("namespace"), 3: ProtoField("name"),
+    4: ProtoField("uid"), 5: ProtoField("apiVersion"), 6: ProtoField("resourceVersion"),
+    7: ProtoField("fieldPath"),
+}
+PROTO_SERVICE_ACCOUNT: ProtoMessage = {
+    1: ProtoField("metadata", PROTO_OBJECT_META),
+    2: ProtoField("secrets", PROTO_OBJECT_REFERENCE, repeated=True),
+    3: ProtoField("imagePullSecrets", {1: ProtoField("name")}, repeated=True),
+    4: ProtoField("automountServiceAccountToken", "bool", pointer=True),
+}
+PROTO_TOKEN_REQUEST: ProtoMessage = {
+    1: ProtoField("metadata", PROTO_OBJECT_META),
+    2: ProtoField("spec", {
+        1: ProtoField("audiences", repeated=True),
+        3: ProtoField("boundObjectRef", {1: ProtoField("kind"), 2: ProtoField("apiVersion"),
+                                         3: ProtoField("name"), 4: ProtoField("uid")}),
+        4: ProtoField("expirationSeconds", "int64", pointer=True),
+    }),
+}
+PROTO_TOKEN_REVIEW: ProtoMessage = {
+    1: ProtoField("metadata", PROTO_OBJECT_META),
+    2: ProtoField("spec", {1: ProtoField("token"), 2: ProtoField("audiences", repeated=True)}),
+}
+
 NAMESPACED_NAME = Obj({"namespace": STR, "name": STR})
 CANARY_RELEASE = top_level(
     spec=Obj({"backends": Array(NAMESPACED_NAME.extend({"weight": INT}))}),
@@ -268,7 +367,28 @@ def default_namespace(
     obj.setdefault("status", {}).setdefault("phase", "Active")
 
 
+def default_secret(
+    obj: dict[str, Any], old: dict[str, Any] | None, ctx: DefaultingContext
+) -> None:
+    """As the real server's conversion does: ``stringData`` is written into ``data``
+    (base64) and never stored; ``type`` defaults to Opaque."""
+    string_data = obj.pop("stringData", None) or {}
+    if string_data:
+        data = dict(obj.get("data") or {})
+        for key, value in string_data.items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+        obj["data"] = data
+    if not obj.get("type"):
+        obj["type"] = "Opaque"
+
+
 _ALL = ("all",)
+
+# Not stored and not in ``RESOURCES``: the kinds of the token APIs.
+TOKEN_REQUEST_KIND = ResourceType(AUTHENTICATION_GROUP, "v1", "TokenRequest", "tokenrequests",
+                                  True, TOKEN_REQUEST, proto=PROTO_TOKEN_REQUEST)
+TOKEN_REVIEW_KIND = ResourceType(AUTHENTICATION_GROUP, "v1", "TokenReview", "tokenreviews",
+                                 False, TOKEN_REVIEW, virtual=True, proto=PROTO_TOKEN_REVIEW)
 
 RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "Namespace", "namespaces", False, NAMESPACE, ("ns",),
@@ -283,6 +403,10 @@ RESOURCES: tuple[ResourceType, ...] = (
                  return_deleted_object=True),
     ResourceType("", "v1", "Pod", "pods", True, POD, ("po",), _ALL, status_subresource=True,
                  return_deleted_object=True),
+    ResourceType("", "v1", "ServiceAccount", "serviceaccounts", True, SERVICE_ACCOUNT, ("sa",),
+                 return_deleted_object=True, proto=PROTO_SERVICE_ACCOUNT,
+                 subresources=(Subresource("token", TOKEN_REQUEST_KIND),)),
+    ResourceType("", "v1", "Secret", "secrets", True, SECRET, defaulter=default_secret),
     ResourceType("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", True,
                  ENDPOINT_SLICE),
     ResourceType("networking.k8s.io", "v1", "Ingress", "ingresses", True, INGRESS, ("ing",),
@@ -296,15 +420,35 @@ RESOURCES: tuple[ResourceType, ...] = (
 )
 
 
+VIRTUAL: tuple[ResourceType, ...] = (TOKEN_REVIEW_KIND,)
+
+
 def group_versions() -> dict[tuple[str, str], list[ResourceType]]:
-    """Resource types by (group, version), in table order."""
+    """Resource types, stored and virtual, by (group, version), in table order."""
     out: dict[tuple[str, str], list[ResourceType]] = {}
-    for rt in RESOURCES:
+    for rt in (*RESOURCES, *VIRTUAL):
         out.setdefault((rt.group, rt.version), []).append(rt)
     return out
 
 
+def virtual_kind(group: str, plural: str) -> ResourceType | None:
+    for rt in VIRTUAL:
+        if rt.group == group and rt.plural == plural:
+            return rt
+    return None
+
+
+def any_kind(api_version: str, kind: str) -> ResourceType | None:
+    """A kind the server takes in a request body: stored, virtual, or a subresource's."""
+    subs = (sub.kind for rt in RESOURCES for sub in rt.subresources)
+    for rt in (*RESOURCES, *VIRTUAL, *subs):
+        if rt.api_version == api_version and rt.kind == kind:
+            return rt
+    return None
+
+
 def by_kind(api_version: str, kind: str) -> ResourceType | None:
+    """A stored kind (virtual ones are never created through the store)."""
     for rt in RESOURCES:
         if rt.api_version == api_version and rt.kind == kind:
             return rt

@@ -6,6 +6,22 @@ OpenAPI v3 (so kubectl validates server-side), CRUD with Status errors, merge/JS
 lists with limit/continue and selectors, and watches with history replay, bookmarks and
 410 Expired. Test hooks let tests and chaos scenarios break it on purpose.
 
+Service-account tokens, because the front-end authenticates sidecars by their pod's projected
+token: ServiceAccounts (and Secrets) are stored kinds; ``POST .../serviceaccounts/{name}/token``
+(TokenRequest) mints a signed JWT with the claims of a projected token, bound to a pod or a
+secret if asked; ``POST /apis/authentication.k8s.io/v1/tokenreviews`` (TokenReview) checks one
+as Kubernetes does: signature, issuer, audiences, expiry, and that the ServiceAccount and the
+bound object still exist with the uid the token names. ``issue_token`` mints tokens from Python
+(expired ones too), ``review_token`` reviews them; ``token_key_file`` keeps the signing key
+across restarts (``tokens`` says how tokens are signed, and why HS256 is enough here). As with
+a real server after admission, a pod with no ``spec.serviceAccountName`` runs as ``default``.
+
+Request bodies are JSON or YAML, and protobuf for the kinds that kubectl's typed commands
+(``create token``, ``create serviceaccount``) send so: ServiceAccount, TokenRequest,
+TokenReview. Answers are JSON. Known gap: ``kubectl create -f`` of a TokenReview validates it
+client-side against OpenAPI v2, which is not served; use ``--validate=false`` or
+``kubectl create --raw /apis/authentication.k8s.io/v1/tokenreviews -f FILE``.
+
 Hooks (methods, and ``POST`` endpoints under ``/_navigator/``):
 
 * ``compact()`` / ``/_navigator/compact``: forget the history; older resourceVersions get 410.
@@ -27,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -42,7 +59,7 @@ import yaml
 from aiohttp import web
 
 from navigator import runtime
-from navigator.kubeapi import errors, openapi, patch, resources, selectors
+from navigator.kubeapi import errors, openapi, patch, resources, selectors, tokens
 from navigator.kubeapi.resources import ResourceType
 from navigator.kubeapi.store import FieldValidation, Obj, Store, Watcher
 
@@ -50,6 +67,10 @@ log = logging.getLogger("navigator.kubeapi")
 
 _TRUE = ("1", "true", "True")
 _JSON = "application/json"
+_PROTOBUF = "application/vnd.kubernetes.protobuf"
+_DEFAULT_TOKEN_SECONDS = 3600
+_MIN_TOKEN_SECONDS = 600
+_MAX_TOKEN_SECONDS = 1 << 32
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Per-request labels for the metrics, set by the handlers.
 _VERB = web.RequestKey("verb", str)
@@ -100,7 +121,9 @@ def _parse_path(group: str, segs: list[str]) -> _Target:
     rt = Store.resource(group, segs[0])
     name = segs[1] if len(segs) > 1 else None
     sub = segs[2] if len(segs) > 2 else ""
-    if (sub and (sub != "status" or not rt.status_subresource)) or (
+    known_sub = (sub == "status" and rt.status_subresource) or any(
+        s.name == sub for s in rt.subresources)
+    if (sub and not known_sub) or (
             namespace is not None and not rt.namespaced) or (
             name is not None and rt.namespaced and namespace is None):
         raise _not_found()
@@ -121,7 +144,15 @@ class KubeApiServer:
         service_cidr: str = "10.96.0.0/16",
         history_limit: int = 100_000,
         watch_queue_limit: int = 1_000,
+        token_key_file: str | os.PathLike[str] | None = None,
+        token_issuer: str = tokens.DEFAULT_ISSUER,
+        api_audiences: Sequence[str] = (),
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``token_key_file`` holds the key tokens are signed with (created, mode 0600, if
+        missing; a random key per server without it). ``api_audiences`` are the server's own
+        audiences (default: the issuer). ``clock`` is the wall clock of token issue and
+        expiry, for tests to move."""
         self.host = host
         self.port = port
         self.name = name
@@ -129,6 +160,10 @@ class KubeApiServer:
         self.control_port = control_port
         self.store = Store(history_limit=history_limit, watch_queue_limit=watch_queue_limit,
                            service_cidr=service_cidr)
+        key = tokens.load_or_create_key(token_key_file) if token_key_file is not None \
+            else tokens.generate_key()
+        self.tokens = tokens.Authority(key=key, issuer=token_issuer, audiences=api_audiences,
+                                       clock=clock)
         self.unreachable = False
         self.registry = prometheus_client.CollectorRegistry()
         self._requests = prometheus_client.Counter(
@@ -356,8 +391,21 @@ class KubeApiServer:
             if request.method != "GET":
                 raise web.HTTPMethodNotAllowed(request.method, ["GET"])
             return _json(openapi.api_resource_list(group, version))
+        virtual = resources.virtual_kind(group, segs[0]) if len(segs) == 1 else None
+        if virtual is not None:
+            request[_RESOURCE] = virtual.plural
+            if request.method != "POST":
+                raise web.HTTPMethodNotAllowed(request.method, ["POST"])
+            request[_VERB] = "create"
+            return await self._token_review(request)
         target = _parse_path(group, segs)
         request[_RESOURCE] = target.rt.plural
+        if target.sub and target.sub != "status":
+            request[_RESOURCE] = f"{target.rt.plural}/{target.sub}"
+            if request.method != "POST":
+                raise web.HTTPMethodNotAllowed(request.method, ["POST"])
+            request[_VERB] = "create"
+            return await self._token_request(request, target)
         q = request.query
         if target.name is None:
             if request.method == "GET":
@@ -401,6 +449,150 @@ class KubeApiServer:
             return _json(_success(target.rt, deleted))
         raise web.HTTPMethodNotAllowed(request.method, ["GET", "PUT", "PATCH", "DELETE"])
 
+    # --- tokens ------------------------------------------------------------------------------
+
+    def issue_token(self, namespace: str, service_account: str, *,
+                    audiences: Sequence[str] | None = None, expires_in: int = 3600,
+                    pod: str | None = None, secret: str | None = None,
+                    now: float | None = None) -> str:
+        """Mint a token for ``namespace/service_account`` directly, as TokenRequest does.
+
+        For tests: unlike the HTTP API, ``expires_in`` has no bounds, so a negative value (or
+        ``now`` in the past) gives a token that is already expired. Note the review allows
+        ``tokens.LEEWAY`` (60) seconds of skew, as Kubernetes does: to be rejected a token
+        must have expired longer ago than that (``expires_in=-3600``, say).
+
+        ``audiences`` default to the server's own (``self.tokens.audiences``). ``pod`` (or
+        ``secret``) binds the token to that object of the namespace, which must exist; the pod
+        must run as this ServiceAccount (``spec.serviceAccountName``, ``default`` if unset).
+        ``now`` is the issue time in Unix seconds (default: the server's clock). Raises
+        ``errors.ApiError`` (404) when the ServiceAccount or the bound object does not exist.
+        """
+        account = self.store._get(self._rt("serviceaccounts"), namespace, service_account)
+        bound = None
+        if pod is not None or secret is not None:
+            bound = {"kind": "Pod" if pod is not None else "Secret", "apiVersion": "v1",
+                     "name": pod if pod is not None else secret}
+        token, _ = self._issue(account, audiences=audiences or self.tokens.audiences,
+                               expires_in=int(expires_in), bound=bound, now=now)
+        return token
+
+    def review_token(self, token: str, *, audiences: Sequence[str] = ()) -> dict[str, Any]:
+        """The ``status`` a TokenReview of ``token`` for ``audiences`` answers with. A token
+        that does not authenticate is ``authenticated: false`` with an ``error``."""
+        try:
+            user, matched = self.tokens.review(token, audiences=audiences, lookup=self._lookup)
+        except tokens.TokenInvalid as e:
+            return {"authenticated": False, "user": {}, "error": str(e)}
+        return {"authenticated": True, "user": user.to_json(), "audiences": list(matched)}
+
+    @staticmethod
+    def _rt(plural: str) -> ResourceType:
+        return Store.resource("", plural)
+
+    def _lookup(self, plural: str, namespace: str, name: str) -> Obj | None:
+        try:
+            return self.store._get(self._rt(plural), namespace or None, name)
+        except errors.ApiError:
+            return None
+
+    def _issue(self, account: Obj, *, audiences: Sequence[str], expires_in: int,
+               bound: Mapping[str, Any] | None,
+               now: float | None) -> tuple[str, tokens.Claims]:
+        meta = account["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        pod = secret = node = None
+        if bound:
+            kind, api_version = str(bound.get("kind") or ""), str(bound.get("apiVersion") or "")
+            ref_name, ref_uid = str(bound.get("name") or ""), str(bound.get("uid") or "")
+            group, _, version = api_version.rpartition("/")
+            if group == "" and kind == "Pod":
+                obj = self.store._get(self._rt("pods"), namespace, ref_name)
+                spec = obj.get("spec") or {}
+                runs_as = spec.get("serviceAccountName") or spec.get("serviceAccount") \
+                    or "default"
+                if runs_as != name:
+                    raise errors.bad_request(
+                        f'cannot bind token for serviceaccount "{name}" to pod running with '
+                        "different serviceaccount name.")
+                pod = tokens.Ref(ref_name, obj["metadata"]["uid"])
+                node_obj = self._lookup("nodes", "", spec["nodeName"]) \
+                    if spec.get("nodeName") else None
+                if node_obj is not None:  # an unknown node leaves the token without node claims
+                    node = tokens.Ref(spec["nodeName"], node_obj["metadata"]["uid"])
+                uid = pod.uid
+            elif group == "" and kind == "Secret":
+                obj = self.store._get(self._rt("secrets"), namespace, ref_name)
+                secret = tokens.Ref(ref_name, obj["metadata"]["uid"])
+                uid = secret.uid
+            else:
+                raise errors.bad_request(
+                    f"cannot bind token to object of type {group}/{version}, Kind={kind}")
+            if ref_uid and ref_uid != uid:
+                raise errors.conflict(kind, ref_name, why=(
+                    f"the UID in the bound object reference ({ref_uid}) does not match the UID "
+                    "in record. The object might have been deleted and then recreated"))
+        return self.tokens.issue(
+            namespace=namespace, service_account=tokens.Ref(name, meta["uid"]),
+            audiences=audiences, expires_in=expires_in, pod=pod, secret=secret, node=node,
+            now=now)
+
+    async def _token_request(self, request: web.Request, target: _Target) -> web.Response:
+        """``POST .../serviceaccounts/{name}/token``, checked in the order of Kubernetes'
+        TokenREST: names, the ServiceAccount (404), defaults, the duration (Invalid), the
+        bound object (404, 400, 409)."""
+        kind = resources.TOKEN_REQUEST_KIND
+        assert target.namespace is not None and target.name is not None
+        namespace, name = target.namespace, target.name
+        warnings: list[str] = []
+        body = self.store._admit(kind, await self._body(request),
+                                 self._validation(request.query), warnings)
+        meta = body["metadata"]
+        for key, want in (("name", name), ("namespace", namespace)):
+            if meta.get(key) and meta[key] != want:
+                raise errors.invalid(kind.kind, kind.group, name, [(
+                    f"metadata.{key}", "FieldValueInvalid",
+                    f'Invalid value: "{meta[key]}": must match the service account {key} if '
+                    "specified")])
+        account = self.store._get(self._rt("serviceaccounts"), namespace, name)
+        spec = body.get("spec") or {}
+        audiences = list(spec.get("audiences") or self.tokens.audiences)
+        seconds = spec.get("expirationSeconds")
+        seconds = _DEFAULT_TOKEN_SECONDS if seconds is None else seconds
+        for bad, why in ((seconds < _MIN_TOKEN_SECONDS, "less than 10 minutes"),
+                         (seconds > _MAX_TOKEN_SECONDS, "larger than 2^32 seconds")):
+            if bad:
+                raise errors.invalid(kind.kind, kind.group, "", [(
+                    "spec.expirationSeconds", "FieldValueInvalid",
+                    f"Invalid value: {seconds}: may not specify a duration {why}")])
+        now = self.tokens.clock()
+        bound = spec.get("boundObjectRef")
+        token, claims = self._issue(account, audiences=audiences, expires_in=seconds,
+                                    bound=bound, now=now)
+        out_spec: dict[str, Any] = {"audiences": audiences, "expirationSeconds": seconds}
+        if bound:
+            out_spec["boundObjectRef"] = bound
+        return _json({
+            "kind": kind.kind, "apiVersion": kind.api_version,
+            "metadata": {**meta, "name": name, "namespace": namespace,
+                         "creationTimestamp": _timestamp(claims.issued_at)},
+            "spec": out_spec,
+            "status": {"token": token, "expirationTimestamp": _timestamp(claims.expires_at)},
+        }, 201, warnings)
+
+    async def _token_review(self, request: web.Request) -> web.Response:
+        """``POST /apis/authentication.k8s.io/v1/tokenreviews``: 201 with the verdict in
+        ``status``; a bad token is a verdict, never an HTTP error."""
+        warnings: list[str] = []
+        body = self.store._admit(resources.TOKEN_REVIEW_KIND, await self._body(request),
+                                 self._validation(request.query), warnings)
+        spec = body.get("spec") or {}
+        if not spec.get("token"):
+            raise errors.bad_request("token is required for TokenReview in authentication")
+        body["status"] = self.review_token(spec["token"], audiences=spec.get("audiences") or ())
+        body["metadata"].setdefault("creationTimestamp", None)
+        return _json(body, 201, warnings)
+
     @staticmethod
     def _validation(q: Mapping[str, str]) -> FieldValidation:
         if q.get("dryRun"):
@@ -415,6 +607,8 @@ class KubeApiServer:
         raw = await request.read()
         if not raw:
             return {}
+        if request.content_type == _PROTOBUF:
+            return _decode_protobuf(raw)
         try:
             if "yaml" in request.content_type:
                 return yaml.safe_load(raw)
@@ -539,6 +733,104 @@ def _success(rt: ResourceType, deleted: Obj) -> dict[str, Any]:
             "details": details}
 
 
+# --- protobuf request bodies -----------------------------------------------------------------
+
+
+def _decode_protobuf(raw: bytes) -> dict[str, Any]:
+    """A Kubernetes protobuf body as the JSON object it stands for: ``k8s\\0`` then a
+    runtime.Unknown {typeMeta {apiVersion, kind}, raw}. Only kinds with a ``proto`` in the
+    table are understood (415 otherwise); answers are always JSON, which kubectl accepts."""
+    if not raw.startswith(b"k8s\x00"):
+        raise errors.bad_request("the body of the request could not be decoded: no k8s "
+                                 "protobuf magic")
+    try:
+        unknown = _proto_message(raw[4:], {1: resources.ProtoField("typeMeta", {
+            1: resources.ProtoField("apiVersion"), 2: resources.ProtoField("kind")}),
+            2: resources.ProtoField("raw", "bytes")})
+        meta = unknown.get("typeMeta") or {}
+        rt = resources.any_kind(meta.get("apiVersion", ""), meta.get("kind", ""))
+        if rt is None or rt.proto is None:
+            raise errors.ApiError(
+                415, "UnsupportedMediaType",
+                f"the local API server does not decode {meta.get('kind')} from protobuf: "
+                f"send {_JSON}")
+        obj = _proto_message(unknown.get("raw", b""), rt.proto)
+    except (IndexError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        raise errors.bad_request(f"the body of the request could not be decoded: {e}") \
+            from None
+    return {"apiVersion": rt.api_version, "kind": rt.kind, **obj}
+
+
+def _proto_fields(buf: bytes) -> list[tuple[int, int, Any]]:
+    """(field number, wire type, value: int for varints, bytes otherwise) in order."""
+    out, i = [], 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        number, wire = key >> 3, key & 7
+        value: Any
+        if wire == 0:
+            value, i = _varint(buf, i)
+        elif wire == 2:
+            size, i = _varint(buf, i)
+            if i + size > len(buf):
+                raise ValueError("truncated field")
+            value, i = buf[i:i + size], i + size
+        elif wire in (1, 5):
+            width = 8 if wire == 1 else 4
+            value, i = buf[i:i + width], i + width
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        out.append((number, wire, value))
+    return out
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[i]
+        value |= (byte & 0x7F) << shift
+        i += 1
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+def _proto_message(buf: bytes, message: resources.ProtoMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for number, wire, value in _proto_fields(buf):
+        f = message.get(number)
+        if f is None:
+            continue  # as Go's decoder drops unknown fields
+        if wire != (0 if f.type in ("int64", "bool") else 2):
+            raise ValueError(f"wire type {wire} for {f.name}")
+        if f.type == "map":
+            entry = {n: v for n, w, v in _proto_fields(value) if w == 2}
+            out.setdefault(f.name, {})[entry.get(1, b"").decode()] = entry.get(2, b"").decode()
+            continue
+        item: Any
+        if f.type == "string":
+            item = value.decode()
+        elif f.type == "bytes":
+            item = value
+        elif f.type == "int64":
+            item = value - (1 << 64) if value >= 1 << 63 else value
+        elif f.type == "bool":
+            item = bool(value)
+        elif isinstance(f.type, str):
+            raise ValueError(f"unknown protobuf type {f.type}")
+        else:
+            item = _proto_message(value, f.type)
+        if f.repeated:
+            out.setdefault(f.name, []).append(item)
+        elif item or f.pointer or isinstance(f.type, Mapping):
+            out[f.name] = item
+    return out
+
+
+def _timestamp(unix: float) -> str:
+    return datetime.datetime.fromtimestamp(unix, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _group_versions() -> set[tuple[str, str]]:
     return set(resources.group_versions())
 
@@ -613,6 +905,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds between watch bookmarks")
     p.add_argument("--service-cidr", default="10.96.0.0/16",
                    help="range that Service ClusterIPs are allocated from")
+    p.add_argument("--token-key-file", default=None, metavar="FILE",
+                   help="key that service-account tokens are signed with, created (mode 0600) "
+                        "if missing, so a restarted server accepts the tokens it issued "
+                        "(default: a random key per run)")
+    p.add_argument("--service-account-issuer", default=tokens.DEFAULT_ISSUER, metavar="URL",
+                   help="the iss claim of the tokens it issues and accepts")
+    p.add_argument("--api-audiences", default="", metavar="LIST",
+                   help="comma-separated audiences of the server itself, for tokens requested "
+                        "and reviewed without any (default: the issuer)")
     p.add_argument("--kubeconfig", default=None, metavar="FILE",
                    help="write a kubeconfig for this server here once listening")
     p.add_argument("--log-level", default="INFO")
@@ -622,7 +923,10 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(args: argparse.Namespace) -> None:
     srv = KubeApiServer(host=args.host, port=args.port, name=args.name,
                         bookmark_interval=args.bookmark_interval,
-                        control_port=args.control_port, service_cidr=args.service_cidr)
+                        control_port=args.control_port, service_cidr=args.service_cidr,
+                        token_key_file=args.token_key_file,
+                        token_issuer=args.service_account_issuer,
+                        api_audiences=[a for a in args.api_audiences.split(",") if a])
     for source in args.load:
         count = load_manifests(srv.store, source)
         log.info("manifests loaded", extra={"source": source, "objects": count})
@@ -648,7 +952,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime.setup_logging(args.log_level, component="kube-api")
     try:
         asyncio.run(_serve(args))
-    except (errors.ApiError, OSError, yaml.YAMLError) as e:
+    except (errors.ApiError, tokens.Error, OSError, yaml.YAMLError) as e:
         log.error("kube-api failed", extra={"error": str(e)})
         return 1
     return 0

@@ -39,7 +39,7 @@ async def test_discovery(http: aiohttp.ClientSession) -> None:
     assert "watch" in by_name["services"]["verbs"] and "services/status" in by_name
     _, groups, _ = await request(http, "GET", "/apis")
     assert {g["name"] for g in groups["groups"]} == {
-        "discovery.k8s.io", "networking.k8s.io", "navigator.avito.ru"}
+        "discovery.k8s.io", "networking.k8s.io", "navigator.avito.ru", "authentication.k8s.io"}
     _, mesh, _ = await request(http, "GET", "/apis/navigator.avito.ru/v1")
     assert [(r["name"], r["kind"]) for r in mesh["resources"] if "/" not in r["name"]] == [
         ("canaryreleases", "CanaryRelease"), ("nexuses", "Nexus"), ("gateways", "Gateway")]
@@ -54,7 +54,8 @@ async def test_discovery(http: aiohttp.ClientSession) -> None:
 async def test_openapi_declares_field_validation(http: aiohttp.ClientSession) -> None:
     _, root, _ = await request(http, "GET", "/openapi/v3")
     assert set(root["paths"]) == {"api/v1", "apis/discovery.k8s.io/v1",
-                                  "apis/networking.k8s.io/v1", "apis/navigator.avito.ru/v1"}
+                                  "apis/networking.k8s.io/v1", "apis/navigator.avito.ru/v1",
+                                  "apis/authentication.k8s.io/v1"}
     _, doc, _ = await request(http, "GET", root["paths"]["apis/navigator.avito.ru/v1"][
         "serverRelativeURL"])
     op = doc["paths"]["/apis/navigator.avito.ru/v1/namespaces/{namespace}/nexuses/{name}"][
