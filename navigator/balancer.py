@@ -21,6 +21,14 @@ How a bad front-end is left out, fastest first:
   closed by the keepalive) ejects the front-end for 5 s, so the streams it dropped do not
   reconnect to it before the health checks catch up.
 
+TLS (``Tls``): sidecars reach the balancer over TLS (its certificate names the node's
+address), which lets them send their service-account token (``navigator bootstrap
+--token-file``); the balancer reaches the front-ends with mutual TLS: it checks that a
+front-end's certificate is signed by the mesh CA and names ``frontend_san``, and presents its
+own, which the front-end requires (``navigator xds --tls-client-ca``). The token travels
+unchanged in the stream's headers. The /readyz checks stay plain HTTP on the front-ends' HTTP
+port (a transport-socket match just for them).
+
 New streams go to the front-end with the fewest active streams (LEAST_REQUEST). The panic
 threshold is 1%: only when no front-end is healthy does the balancer try them all (a
 front-end that lost etcd still serves the last snapshots it loaded, better than nothing).
@@ -84,6 +92,77 @@ class Frontend:
         return cls(host, grpc_port, http_port)
 
 
+DEFAULT_FRONTEND_SAN = "navigator-xds"
+"""The DNS name every front-end certificate carries (the balancer checks it)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Tls:
+    """The balancer's TLS files (PEM); empty strings: that side stays plaintext."""
+
+    cert: str = ""
+    """Served to sidecars (names the node's address), with ``key``."""
+    key: str = ""
+    frontend_ca: str = ""
+    """Front-ends' certificates must be signed by it (and name ``frontend_san``)."""
+    client_cert: str = ""
+    """Presented to the front-ends, with ``client_key``."""
+    client_key: str = ""
+    frontend_san: str = DEFAULT_FRONTEND_SAN
+
+    def check(self) -> None:
+        if bool(self.cert) != bool(self.key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        if bool(self.client_cert) != bool(self.client_key):
+            raise ConfigError("--client-cert and --client-key go together")
+        if self.client_cert and not self.frontend_ca:
+            raise ConfigError("--client-cert needs --frontend-ca")
+
+
+_TLS_SOCKET = "envoy.transport_sockets.tls"
+_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+_HEALTH_MATCH = {"navigator-health": "plain"}
+
+
+def _certificate(cert: str, key: str) -> dict[str, Any]:
+    return {"certificate_chain": {"filename": cert}, "private_key": {"filename": key}}
+
+
+def _downstream_tls(tls: Tls) -> dict[str, Any]:
+    return {
+        "name": _TLS_SOCKET,
+        "typed_config": {
+            "@type": _TLS + "DownstreamTlsContext",
+            "common_tls_context": {
+                "tls_certificates": [_certificate(tls.cert, tls.key)],
+                "alpn_protocols": ["h2"],
+            },
+        },
+    }
+
+
+def _upstream_tls(tls: Tls) -> dict[str, Any]:
+    common: dict[str, Any] = {
+        "validation_context": {
+            "trusted_ca": {"filename": tls.frontend_ca},
+            "match_typed_subject_alt_names": [
+                {"san_type": "DNS", "matcher": {"exact": tls.frontend_san}}
+            ],
+        },
+        "alpn_protocols": ["h2"],
+    }
+    if tls.client_cert:
+        common["tls_certificates"] = [_certificate(tls.client_cert, tls.client_key)]
+    return {
+        "name": _TLS_SOCKET,
+        "typed_config": {
+            "@type": _TLS + "UpstreamTlsContext",
+            "common_tls_context": common,
+            "sni": tls.frontend_san,
+        },
+    }
+
+
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -109,8 +188,11 @@ def render(
     health_interval: float = 1.0,
     health_timeout: float = 1.0,
     unhealthy_threshold: int = 2,
+    tls: Tls | None = None,
 ) -> dict[str, Any]:
     """The balancer's Envoy bootstrap (a dict ready for JSON/YAML)."""
+    tls = tls or Tls()
+    tls.check()
     if not frontends:
         raise ConfigError("at least one front-end is required")
     if not listen:
@@ -128,6 +210,8 @@ def render(
         "healthy_threshold": 1,
         "http_health_check": {"path": "/readyz", "codec_client_type": "HTTP1"},
     }
+    if tls.frontend_ca:
+        health_check["transport_socket_match_criteria"] = _HEALTH_MATCH
 
     def endpoints(port_of: str) -> list[dict[str, Any]]:
         return [
@@ -169,6 +253,23 @@ def render(
                 "endpoints": [{"lb_endpoints": endpoints(port_of)}],
             },
         }
+        if http2 and tls.frontend_ca:
+            out["transport_socket"] = _upstream_tls(tls)
+            # NOTE: /readyz is plain HTTP on the front-end's HTTP port: the health checks
+            # select this socket by their match criteria; the streams get the TLS one.
+            out["transport_socket_matches"] = [
+                {
+                    "name": "health-plain",
+                    "match": _HEALTH_MATCH,
+                    "transport_socket": {
+                        "name": "envoy.transport_sockets.raw_buffer",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/"
+                            "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+                        },
+                    },
+                }
+            ]
         if http2:
             out["typed_extension_protocol_options"] = {
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -226,19 +327,20 @@ def render(
             hcm["http2_protocol_options"] = {
                 "connection_keepalive": {"interval": "10s", "timeout": "5s"}
             }
+        chain: dict[str, Any] = {
+            "filters": [
+                {
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": hcm,
+                }
+            ]
+        }
+        if http2 and tls.cert:
+            chain["transport_socket"] = _downstream_tls(tls)
         return {
             "name": name,
             "address": {"socket_address": {"address": listen, "port_value": port}},
-            "filter_chains": [
-                {
-                    "filters": [
-                        {
-                            "name": "envoy.filters.network.http_connection_manager",
-                            "typed_config": hcm,
-                        }
-                    ]
-                }
-            ],
+            "filter_chains": [chain],
         }
 
     return {
@@ -301,6 +403,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stats", metavar="HOST:PORT", help="serve /metrics and /ready here (not the admin)"
     )
+    tls = parser.add_argument_group("TLS (PEM files)")
+    tls.add_argument("--tls-cert", default="", help="certificate served to sidecars")
+    tls.add_argument("--tls-key", default="", help="its private key")
+    tls.add_argument("--frontend-ca", default="", help="CA the front-ends' certificates have")
+    tls.add_argument(
+        "--frontend-san",
+        default=DEFAULT_FRONTEND_SAN,
+        help="DNS name the front-ends' certificates carry (default %(default)s)",
+    )
+    tls.add_argument("--client-cert", default="", help="certificate shown to the front-ends")
+    tls.add_argument("--client-key", default="", help="its private key")
     parser.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     return parser
 
@@ -319,6 +432,14 @@ def main(argv: list[str] | None = None) -> int:
             keepalive_interval=args.keepalive_interval,
             keepalive_timeout=args.keepalive_timeout,
             health_interval=args.health_interval,
+            tls=Tls(
+                cert=args.tls_cert,
+                key=args.tls_key,
+                frontend_ca=args.frontend_ca,
+                client_cert=args.client_cert,
+                client_key=args.client_key,
+                frontend_san=args.frontend_san,
+            ),
         )
         if args.stats:
             envoy_extras.add_stats(doc, *envoy_extras.parse_host_port(args.stats))

@@ -5,6 +5,14 @@ cluster, locality — what the xDS front-end uses to pick its snapshot and endpo
 where the control plane is (ADS over gRPC to the node-local balancer at ``HOST_IP``).
 Everything else arrives over ADS.
 
+Identity (``--xds-ca``, ``--token-file``): the sidecar reaches the balancer over TLS (checked
+against the mesh CA) and sends its pod's projected service-account token on every xDS stream
+as ``authorization: Bearer``, which the front-end checks (``navigator xds --authn token``).
+Envoy's Google gRPC client does both: ``ssl_credentials`` for the channel and the
+``file_based_metadata`` call credentials, which read the token file on each new stream, so a
+token the kubelet rotated in place is the one sent on the next reconnect. gRPC sends call
+credentials only over a secure channel: a token needs the CA.
+
 NOTE: the ``navigator-xds`` cluster uses HTTP/2 keepalive pings (interval ~5 s, timeout
 ~3 s) so that a black-holed control plane is noticed within seconds and Envoy reconnects
 (through the balancer, to a healthy front-end) instead of waiting for TCP to give up.
@@ -65,6 +73,8 @@ def render(
     reconnect_base: float = 0.1,
     reconnect_max: float = 2.0,
     node_name: str = "",
+    xds_ca: str = "",
+    token_file: str = "",
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap (as a dict ready for JSON/YAML) for one sidecar.
 
@@ -73,13 +83,16 @@ def render(
     the World. ``reconnect_*``: the backoff of the ADS stream's reconnection (Envoy's default
     starts at 0.5 s); a stream reset by the balancer when a front-end dies reconnects at once.
     ``node_name`` (the pod's Kubernetes node) lets the front-end place a sidecar given no zone
-    in its node's region and zone.
+    in its node's region and zone. ``xds_ca`` (a PEM file) makes the xDS channel TLS, checked
+    against it; ``token_file`` (needs ``xds_ca``) is the token sent on every stream.
     """
     host = xds_host or os.environ.get(HOST_IP_ENV, "")
     if not host:
         raise BootstrapError(f"no xDS host given and ${HOST_IP_ENV} is not set")
     if not node_id or not app or not cluster:
         raise BootstrapError("node id, app and cluster are required")
+    if token_file and not xds_ca:
+        raise BootstrapError("a token needs --xds-ca: gRPC sends it only over TLS")
     try:
         ipaddress.ip_address(host)
         discovery = "STATIC"
@@ -106,17 +119,14 @@ def render(
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
                 "grpc_services": [
-                    {
-                        "envoy_grpc": {
-                            "cluster_name": XDS_CLUSTER,
-                            "retry_policy": {
-                                "retry_back_off": {
-                                    "base_interval": _duration(reconnect_base),
-                                    "max_interval": _duration(reconnect_max),
-                                }
-                            },
-                        }
-                    }
+                    _xds_service(
+                        host,
+                        xds_port,
+                        xds_ca=xds_ca,
+                        token_file=token_file,
+                        keepalive=(keepalive_interval, keepalive_timeout),
+                        reconnect=(reconnect_base, reconnect_max),
+                    )
                 ],
             },
             "cds_config": _ads_source(),
@@ -159,6 +169,65 @@ def render(
             "address": {"socket_address": {"address": admin_address, "port_value": admin_port}}
         },
     }
+
+
+_FILE_METADATA = "envoy.grpc_credentials.file_based_metadata"
+
+
+def _xds_service(
+    host: str,
+    port: int,
+    *,
+    xds_ca: str,
+    token_file: str,
+    keepalive: tuple[float, float],
+    reconnect: tuple[float, float],
+) -> dict[str, Any]:
+    """The ADS ``GrpcService``: Envoy's own client on the ``navigator-xds`` cluster, or, with
+    TLS to the balancer, the Google gRPC client with the token as call credentials."""
+    retry = {
+        "retry_back_off": {
+            "base_interval": _duration(reconnect[0]),
+            "max_interval": _duration(reconnect[1]),
+        }
+    }
+    if not xds_ca:
+        return {"envoy_grpc": {"cluster_name": XDS_CLUSTER, "retry_policy": retry}}
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    google: dict[str, Any] = {
+        "target_uri": target,
+        "stat_prefix": "navigator_xds",
+        "channel_credentials": {"ssl_credentials": {"root_certs": {"filename": xds_ca}}},
+        # NOTE: the same pings as the envoy_grpc cluster: a black-holed control plane is
+        # noticed in seconds.
+        "channel_args": {
+            "args": {
+                "grpc.keepalive_time_ms": {"int_value": int(keepalive[0] * 1000)},
+                "grpc.keepalive_timeout_ms": {"int_value": int(keepalive[1] * 1000)},
+                "grpc.keepalive_permit_without_calls": {"int_value": 1},
+                "grpc.initial_reconnect_backoff_ms": {"int_value": int(reconnect[0] * 1000)},
+                "grpc.min_reconnect_backoff_ms": {"int_value": int(reconnect[0] * 1000)},
+                "grpc.max_reconnect_backoff_ms": {"int_value": int(reconnect[1] * 1000)},
+            }
+        },
+    }
+    if token_file:
+        google["credentials_factory_name"] = _FILE_METADATA
+        google["call_credentials"] = [
+            {
+                "from_plugin": {
+                    "name": _FILE_METADATA,
+                    "typed_config": {
+                        "@type": "type.googleapis.com/"
+                        "envoy.config.grpc_credential.v3.FileBasedMetadataConfig",
+                        "secret_data": {"filename": token_file},
+                        "header_key": "authorization",
+                        "header_prefix": "Bearer ",
+                    },
+                }
+            }
+        ]
+    return {"google_grpc": google, "retry_policy": retry}
 
 
 def _assignment(name: str, host: str, port: int) -> dict[str, Any]:
@@ -232,6 +301,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stats", metavar="HOST:PORT", help="serve /metrics and /ready here (not the admin)"
     )
+    parser.add_argument(
+        "--xds-ca",
+        default="",
+        metavar="FILE",
+        help="reach the balancer over TLS, checked against this CA (PEM)",
+    )
+    parser.add_argument(
+        "--token-file",
+        default="",
+        metavar="FILE",
+        help="the pod's projected service-account token, sent on every xDS stream (needs --xds-ca)",
+    )
     parser.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     args = parser.parse_args(argv)
     xds_host, xds_port = args.xds or (None, DEFAULT_XDS_PORT)
@@ -250,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
             control_plane_health_port=args.control_plane_health_port,
             delta=args.delta,
             node_name=args.node_name,
+            xds_ca=args.xds_ca,
+            token_file=args.token_file,
         )
         if args.outbound_port is not None:
             if not 0 < args.outbound_port < 65536:

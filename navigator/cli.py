@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lab": ("navigator.lab.main", "run the mesh locally: etcd, clusters, control plane, Envoys"),
     "watcher": ("navigator.watcher.main", "watch one Kubernetes cluster into etcd"),
     "translator": ("shards.runner", "translate state in etcd into per-app Envoy snapshots"),
-    "xds": ("navigator.xds.server", "serve snapshots from etcd to Envoy sidecars over ADS"),
+    "xds": ("navigator.frontend", "serve snapshots from etcd to Envoy sidecars over ADS"),
     "bootstrap": ("navigator.bootstrap", "print an Envoy bootstrap for a sidecar"),
     "balancer-config": (
         "navigator.balancer",

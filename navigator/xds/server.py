@@ -39,7 +39,7 @@ import functools
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -50,8 +50,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 from coordinator import etcd as etcd_mod
 from coordinator import membership, session
 from navigator import runtime, snapshot
+from navigator.xds import authn, resources, streams
 from navigator.xds import cache as cache_mod
-from navigator.xds import resources, streams
 from navigator.xds import status as status_mod
 
 log = logging.getLogger(__name__)
@@ -94,8 +94,12 @@ class AdsServer:
         board: status_mod.StatusBoard | None = None,
         coalesce: float = DEFAULT_COALESCE,
         max_nacks: int = 256,
+        authenticator: authn.Authenticator | None = None,
     ) -> None:
         self.source = source
+        self.authenticator = authenticator
+        """None: sidecars are served as the node they claim (no identity check)."""
+        self._denials = authn.DenialLog()
         self.responses = resources.ResponseCache()
         self.board = board
         self.coalesce = coalesce
@@ -164,6 +168,14 @@ class AdsServer:
             log.warning("stream refused", extra={"peer": context.peer(), "error": str(exc)})
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             return
+        if self.authenticator is not None:
+            try:
+                await self.authenticator.authenticate(node, context.invocation_metadata() or ())
+            except authn.Denied as denied:
+                self._denials.denied(denied, node, context.peer())
+                await context.abort(denied.code, denied.message)
+                return
+            authn.AUTHENTICATED.inc()
         sub = self.source.subscribe()
         stream = variant(self, node, sub, only_type=only_type)
         stream.on_request(first)
@@ -251,6 +263,32 @@ SERVER_OPTIONS = [
 ]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerTls:
+    """The front-end's certificate and key (PEM files) and, to require client certificates
+    (mutual TLS: the node-local balancers'), the CA that signs them."""
+
+    cert: str
+    key: str
+    client_ca: str = ""
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """Raises OSError (one line, naming the file) when a file cannot be read."""
+        pem: dict[str, bytes] = {}
+        for part, path in (("cert", self.cert), ("key", self.key), ("client CA", self.client_ca)):
+            if path:
+                try:
+                    with open(path, "rb") as f:
+                        pem[part] = f.read()
+                except OSError as exc:
+                    raise OSError(f"TLS {part} {path}: {exc.strerror or exc}") from exc
+        return grpc.ssl_server_credentials(
+            [(pem["key"], pem["cert"])],
+            root_certificates=pem.get("client CA"),
+            require_client_auth="client CA" in pem,
+        )
+
+
 @contextlib.asynccontextmanager
 async def serve(
     *,
@@ -261,8 +299,13 @@ async def serve(
     member: membership.Member | None = None,
     coalesce: float = DEFAULT_COALESCE,
     status_interval: float = 0.5,
+    authenticator: authn.Authenticator | None = None,
+    tls: ServerTls | None = None,
 ) -> AsyncIterator[Handle]:
     """Runs the snapshot loader and the xDS server until the block exits.
+
+    ``authenticator`` checks each sidecar's identity before it is served (``authn``); ``tls``
+    serves gRPC over TLS (mutual when it has a client CA).
 
     ``health`` (if given) turns ready once the first listing is loaded. With ``member`` the
     front-end registers under one lease (``MEMBER_TTL``) and writes its sidecars' status
@@ -273,7 +316,7 @@ async def serve(
     board = status_mod.StatusBoard(
         etcd, member.id if member is not None else "local", interval=status_interval
     )
-    ads = AdsServer(source, board=board, coalesce=coalesce)
+    ads = AdsServer(source, board=board, coalesce=coalesce, authenticator=authenticator)
     tasks = [loader]
     if member is not None:
         registration = membership.Registration(etcd, member)
@@ -288,13 +331,18 @@ async def serve(
         )
         member_task.add_done_callback(_log_crash)
         tasks.append(member_task)
+    credentials = tls.credentials() if tls is not None else None
     server = grpc.aio.server(options=SERVER_OPTIONS)
     try:
         server.add_generic_rpc_handlers(ads.generic_handlers())
         # NOTE: several addresses (comma-separated) share one server.
         port = 0
         for address in [a.strip() for a in listen.split(",") if a.strip()]:
-            bound = server.add_insecure_port(address)
+            bound = (
+                server.add_secure_port(address, credentials)
+                if credentials is not None
+                else server.add_insecure_port(address)
+            )
             if bound == 0:
                 raise OSError(f"cannot listen on {address}")
             port = port or bound
@@ -349,7 +397,9 @@ def _log_crash(task: asyncio.Task[None]) -> None:
         )
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(
+    add_review_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="navigator xds",
         description=(
@@ -377,14 +427,55 @@ def _parser() -> argparse.ArgumentParser:
     )
     runtime.add_member_arguments(parser)
     parser.add_argument(
+        "--authn",
+        choices=["none", "token"],
+        default="none",
+        help="how a sidecar proves who it is: 'token' = its pod's service-account token, "
+        "checked with its cluster's TokenReview API; the app it may ask for is its service "
+        "account's name (default %(default)s: served as the node it claims)",
+    )
+    parser.add_argument(
+        "--token-audience",
+        default=authn.DEFAULT_AUDIENCE,
+        help="the audience sidecars' tokens must be issued for (default %(default)s)",
+    )
+    if add_review_arguments is not None:
+        add_review_arguments(parser)
+    tls = parser.add_argument_group("TLS (PEM files)")
+    tls.add_argument("--tls-cert", default="", help="the front-end's certificate")
+    tls.add_argument("--tls-key", default="", help="its private key")
+    tls.add_argument(
+        "--tls-client-ca",
+        default="",
+        help="require client certificates (the node-local balancers') signed by this CA",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+Reviewers = Callable[
+    [argparse.Namespace], contextlib.AbstractAsyncContextManager[Mapping[str, authn.Reviewer]]
+]
+"""Makes each cluster's TokenReview client from the options (``navigator.tokenreview``)."""
+
+
+def main(
+    argv: list[str] | None = None,
+    *,
+    reviewers: Reviewers | None = None,
+    add_review_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> int:
+    """``navigator xds``; ``reviewers`` (with its options) enables ``--authn token``."""
+    args = _parser(add_review_arguments).parse_args(argv)
     runtime.setup_logging(args.log_level, component="xds")
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
+        log.error("--tls-cert and --tls-key go together; --tls-client-ca needs them")
+        return 2
+    if args.authn == "token" and reviewers is None:
+        log.error("--authn token: this entry point has no TokenReview client (run navigator xds)")
+        return 2
     try:
         # NOTE: a short retry budget so an unreachable etcd is reported within seconds;
         # the cache keeps retrying (not ready) instead of exiting.
@@ -395,29 +486,58 @@ def main(argv: list[str] | None = None) -> int:
 
     async def amain(stop: asyncio.Event) -> int:
         health = runtime.Health()
-        async with (
-            etcd_client as etcd,
-            runtime.http_server(args.http, health) as http_address,
-        ):
-            member = membership.Member(
-                role=ROLE, id=args.id, address=args.listen, http=http_address
-            )
-            async with serve(
-                etcd=etcd,
-                listen=args.listen,
-                health=health,
-                grace=5.0,
-                member=member,
-                coalesce=args.coalesce,
-            ) as handle:
-                log.info(
-                    "xds front-end started",
-                    extra={"grpc": handle.address, "http": http_address, "etcd": args.etcd},
-                )
-                frozen = asyncio.create_task(_freeze_when_loaded(handle.cache))
-                await runtime.wait_stop(stop, handle.loader)
-                frozen.cancel()
-        log.info("xds front-end stopped")
-        return 0
+        async with contextlib.AsyncExitStack() as stack:
+            authenticator: authn.Authenticator | None = None
+            if args.authn == "token":
+                assert reviewers is not None
+                try:
+                    clusters = await stack.enter_async_context(reviewers(args))
+                except ValueError as exc:
+                    log.error("bad token review options", extra={"error": str(exc)})
+                    return 2
+                authenticator = authn.TokenAuthenticator(clusters, audience=args.token_audience)
+            else:
+                log.warning("sidecars are not authenticated (--authn none)")
+            return await _serve_until_stopped(args, etcd_client, health, authenticator, stop)
 
     return runtime.run(amain)
+
+
+async def _serve_until_stopped(
+    args: argparse.Namespace,
+    etcd_client: etcd_mod.Etcd,
+    health: runtime.Health,
+    authenticator: authn.Authenticator | None,
+    stop: asyncio.Event,
+) -> int:
+    async with (
+        etcd_client as etcd,
+        runtime.http_server(args.http, health) as http_address,
+    ):
+        member = membership.Member(role=ROLE, id=args.id, address=args.listen, http=http_address)
+        async with serve(
+            etcd=etcd,
+            listen=args.listen,
+            health=health,
+            grace=5.0,
+            member=member,
+            coalesce=args.coalesce,
+            authenticator=authenticator,
+            tls=ServerTls(args.tls_cert, args.tls_key, args.tls_client_ca)
+            if args.tls_cert
+            else None,
+        ) as handle:
+            log.info(
+                "xds front-end started",
+                extra={
+                    "grpc": handle.address,
+                    "http": http_address,
+                    "etcd": args.etcd,
+                    "authn": args.authn,
+                },
+            )
+            frozen = asyncio.create_task(_freeze_when_loaded(handle.cache))
+            await runtime.wait_stop(stop, handle.loader)
+            frozen.cancel()
+    log.info("xds front-end stopped")
+    return 0

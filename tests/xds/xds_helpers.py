@@ -265,12 +265,18 @@ SOTW_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggr
 class SotwClient:
     """A raw State-of-the-World xDS client on one stream (ADS unless ``method`` says)."""
 
-    def __init__(self, channel: grpc.aio.Channel, node: Any, method: str = SOTW_METHOD) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        node: Any,
+        method: str = SOTW_METHOD,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> None:
         self.call = channel.stream_stream(
             method,
             request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
             response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
-        )()
+        )(metadata=tuple(metadata) if metadata else None)
         self.node = node
 
     async def send(
