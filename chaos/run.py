@@ -65,8 +65,7 @@ class Run:
             cidrs={c.name: ipaddress.IPv4Network(lab.pod_cidr(c)) for c in lab.topology.clusters}
         )
         self.probes = history.Probes()
-        self.etcd = etcd_mod.Etcd(
-            etcd_mod.parse_endpoints(lab.etcd_url), timeout=2.0, retry_for=600.0
+        self.etcd = lab.etcd_client(timeout=2.0, retry_for=600.0
         )
         self.etcd_log = history.EtcdLog(self.etcd)
         self.envoys: history.EnvoyLog | None = None
@@ -206,7 +205,9 @@ class Run:
         for proc in self.lab.procs:
             if proc.role == "etcd" and proc.popen.poll() is None:
                 with contextlib.suppress(etcd_mod.EtcdError):
-                    status = await etcd_mod.member_status(proc.extra["url"], within=1.0)
+                    status = await etcd_mod.member_status(
+                        proc.extra["url"], within=1.0, tls=self.lab.etcd_tls
+                    )
                     if status.is_leader:
                         return proc
         raise ScenarioError("no etcd member says it leads")

@@ -99,7 +99,7 @@ async def etcd_member_partitioned(run: Run) -> None:
             p.set_mode(faultproxy.Mode.BLACKHOLE, only_from=[cut])
     await _failover(run, lambda: run.new_etcd_leader(leader), since, "a leader among the others")
     # The cut-off member still answers clients (it is not down, only alone).
-    status = await etcd_mod.member_status(leader.extra["url"], within=2.0)
+    status = await etcd_mod.member_status(leader.extra["url"], within=2.0, tls=run.lab.etcd_tls)
     run.figures["partitioned_member_answers_clients"] = True
     run.figures["partitioned_member_term"] = status.raft_term
     await _hold(run, 15.0)

@@ -49,7 +49,9 @@ import prometheus_client
 import yaml
 
 from chaos import faultproxy
-from navigator import balancer, bootstrap, runtime
+from coordinator import auth
+from coordinator import etcd as etcd_mod
+from navigator import balancer, bootstrap, pki, runtime
 from navigator.lab import netns, procs
 
 log = logging.getLogger(__name__)
@@ -235,6 +237,15 @@ class Shape:
     etcd_peer_proxies: bool = False
     """Put a fault proxy in front of each etcd member's peer port (``Lab.etcd_peer_proxies``),
     so a scenario can cut one member off from its peers while clients still reach it."""
+    secure: bool = True
+    """Everything on, as a deployment should run (``Lab.start``'s docstring): etcd over TLS
+    with a role per component, sidecars' tokens reviewed by their cluster's API, TLS from
+    sidecar to balancer and mutual TLS from balancer to front-end. ``--insecure`` turns it
+    off."""
+
+
+TOKEN_SECONDS = 7 * 24 * 3600
+"""How long the lab's service-account tokens last (nothing rotates them as a kubelet would)."""
 
 
 class Lab:
@@ -285,11 +296,42 @@ class Lab:
         """Front-end name → fault proxies of its (gRPC, HTTP) ports, with ``frontend_proxies``."""
         self.http = ""
         """The lab's own /healthz, /readyz and /metrics address."""
+        self.pki = self.state_dir / "pki"
+        """The mesh CA and the certificates of front-ends and balancers (``secure``)."""
+        self.etcd_credentials: procs.EtcdCredentials | None = None
+        """etcd's CA and one client certificate per role (``secure``); the lab's own is root."""
+        self.tokens = self.state_dir / "tokens"
+        """Each Envoy's service-account token (``secure``), as the kubelet projects it."""
 
     @property
     def etcd_url(self) -> str:
         """Every member's client URL, comma-separated (what ``--etcd`` takes)."""
         return ",".join(self.etcd_urls)
+
+    @property
+    def etcd_tls(self) -> etcd_mod.Tls | None:
+        """The lab's own (root) client TLS for etcd; None when the lab is not secure."""
+        return None if self.etcd_credentials is None else self.etcd_credentials.root.tls()
+
+    def etcd_client(self, **options: Any) -> etcd_mod.Etcd:
+        """A client of the lab's etcd with root's credentials (tests, chaos, tools)."""
+        return etcd_mod.Etcd(etcd_mod.parse_endpoints(self.etcd_url), tls=self.etcd_tls, **options)
+
+    def etcd_args(self, role: str = "") -> list[str]:
+        """``--etcd URL`` and the TLS options of ``role``'s user (root by default): what a
+        ``navigator`` command is given to reach the lab's etcd."""
+        out = ["--etcd", self.etcd_url_for(role) if role else self.etcd_url]
+        if self.etcd_credentials is not None:
+            creds = self.etcd_credentials
+            out += (creds.client(role_user(role)) if role else creds.root).flags()
+        return out
+
+    def etcd_env(self) -> dict[str, str]:
+        """The same for root as environment variables (``NAVIGATOR_ETCD``...)."""
+        env = {"NAVIGATOR_ETCD": self.etcd_url}
+        if self.etcd_credentials is not None:
+            env |= self.etcd_credentials.root.env()
+        return env
 
     def pod_cidr(self, c: ClusterSpec) -> str:
         return c.pod_cidr if self.mode == "netns" else c.host_pod_cidr
@@ -356,12 +398,19 @@ class Lab:
                 await proxy.start()
                 self.etcd_peer_proxies[name] = proxy
                 advertise[name] = proxy.address
+        server_tls = None
+        if self.shape.secure:
+            self.etcd_credentials = procs.make_etcd_credentials(
+                self.state_dir / "etcd-pki", hosts=[host]
+            )
+            server_tls = self.etcd_credentials.server
         members = procs.start_etcd_cluster(
             etcd_dir,
             members=self.shape.etcd_members,
             logs=self.logs,
             peer_listen=listen or None,
             peer_advertise=advertise or None,
+            tls=server_tls,
         )
         self.etcd_members = members
         self.etcd_urls = [m.client_url for m in members]
@@ -375,17 +424,33 @@ class Lab:
             self.procs.append(
                 Proc(role="etcd", name=m.name, popen=m.popen, extra={"url": m.client_url})
             )
+        if self.etcd_credentials is not None:
+            async with self.etcd_client(retry_for=30.0) as root:
+                await auth.enable(root)
+            log.info("etcd: client TLS and a role per component", extra={"users": auth.USERS})
+        if self.shape.secure:
+            self._make_pki()
 
         manifests_dir = self.state_dir / "manifests"
         manifests_dir.mkdir(exist_ok=True)
         api_urls: dict[str, str] = {}
         self.control_urls: dict[str, str] = {}
+        if self.shape.secure:
+            self.tokens.mkdir(parents=True, exist_ok=True)
         for c in self.topology.clusters:
             port, control = procs.free_port(), procs.free_port()
             api_urls[c.name] = f"http://{host}:{port}"
             self.control_urls[c.name] = f"http://{host}:{control}"
             manifest = manifests_dir / f"{c.name}.yaml"
-            manifest.write_text(yaml.safe_dump_all(self.manifests[c.name], sort_keys=False))
+            docs = self.manifests[c.name]
+            if self.shape.secure:
+                docs = [*docs, *self._service_accounts(c.name)]
+            manifest.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+            secure_api = (
+                ["--token-key-file", str(self.tokens / f"kube-api-{c.name}.key")]
+                if self.shape.secure
+                else []
+            )
             self.spawn(
                 "kube-api",
                 f"kube-api-{c.name}",
@@ -404,6 +469,7 @@ class Lab:
                     self.service_cidr(c),
                     "--control-port",
                     str(control),
+                    *secure_api,
                 ),
                 cluster=c.name,
                 ready_url=f"http://{host}:{port}/readyz",
@@ -431,8 +497,7 @@ class Lab:
                         str(self.kubeconfig),
                         "--context",
                         c.name,
-                        "--etcd",
-                        self.etcd_url_for("watcher"),
+                        *self.etcd_args("watcher"),
                         "--http",
                         http,
                         "--id",
@@ -471,12 +536,12 @@ class Lab:
                 "xds",
                 "--listen",
                 address,
-                "--etcd",
-                self.etcd_url_for("xds"),
+                *self.etcd_args("xds"),
                 "--http",
                 http,
                 "--id",
                 name,
+                *self._frontend_security(),
             ),
             ready_url=f"http://{http}/readyz",
             extra={"address": address, "http": http, "id": name},
@@ -518,6 +583,7 @@ class Lab:
                 admin_port=admin_port,
                 keepalive_interval=self.shape.balancer_keepalive,
                 keepalive_timeout=self.shape.balancer_keepalive,
+                tls=self._balancer_tls(c.name),
             )
             name = f"balancer-{c.name}"
             path = self.state_dir / f"{name}.json"
@@ -558,8 +624,7 @@ class Lab:
             self._python(
                 "navigator",
                 "translator",
-                "--etcd",
-                self.etcd_url_for("translator"),
+                *self.etcd_args("translator"),
                 "--http",
                 http,
                 "--id",
@@ -583,7 +648,82 @@ class Lab:
         proxies = self.etcd_client_proxies.get(role)
         if not proxies:
             return self.etcd_url
-        return ",".join(f"http://{p.address}" for p in proxies)
+        scheme = "https" if self.etcd_credentials is not None else "http"
+        return ",".join(f"{scheme}://{p.address}" for p in proxies)
+
+    def _service_accounts(self, cluster: str) -> list[dict[str, Any]]:
+        """The ServiceAccount of every Envoy the lab runs in ``cluster``: a sidecar's is named
+        after its app (in ``default``), a gateway's after its Gateway (in its namespace)."""
+        wanted = {("default", s.app) for s in self.sidecar_specs if s.cluster == cluster}
+        wanted |= {(g.namespace, g.name) for g in self.topology.gateways if g.cluster == cluster}
+        return [
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"namespace": ns, "name": n}}
+            for ns, n in sorted(wanted)
+        ]
+
+    def _token(self, node_id: str, cluster: str, account: tuple[str, str]) -> Path:
+        """A token of ``account`` for the front-ends (audience ``navigator``), from the cluster's
+        TokenRequest API, in the file the Envoy reads (as the kubelet projects one)."""
+        import kubernetes
+
+        namespace, name = account
+        api = kubernetes.client.CoreV1Api(
+            kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
+                config_file=str(self.kubeconfig), context=cluster
+            )
+        )
+        request = kubernetes.client.AuthenticationV1TokenRequest(
+            spec=kubernetes.client.V1TokenRequestSpec(
+                audiences=["navigator"], expiration_seconds=TOKEN_SECONDS
+            )
+        )
+        answer = api.create_namespaced_service_account_token(name, namespace, request)
+        api.api_client.close()
+        token = answer.status.token if answer.status is not None else None
+        if not token:
+            raise LabError(f"no token for {namespace}/{name} from {cluster}'s API")
+        self.tokens.mkdir(parents=True, exist_ok=True)
+        path = self.tokens / node_id
+        path.write_text(token)
+        path.chmod(0o600)
+        return path
+
+    def _frontend_security(self) -> list[str]:
+        if not self.shape.secure:
+            return []
+        return [
+            "--authn", "token",
+            "--review-kubeconfig", str(self.kubeconfig),
+            "--tls-cert", str(self.pki / "xds.pem"),
+            "--tls-key", str(self.pki / "xds.key"),
+            "--tls-client-ca", str(self.pki / "ca.pem"),
+        ]  # fmt: skip
+
+    def _balancer_tls(self, cluster: str) -> balancer.Tls | None:
+        if not self.shape.secure:
+            return None
+        return balancer.Tls(
+            cert=str(self.pki / f"balancer-{cluster}.pem"),
+            key=str(self.pki / f"balancer-{cluster}.key"),
+            frontend_ca=str(self.pki / "ca.pem"),
+            client_cert=str(self.pki / "balancer.pem"),
+            client_key=str(self.pki / "balancer.key"),
+        )
+
+    def _make_pki(self) -> None:
+        """The mesh CA; the front-ends' certificate (``navigator-xds``, loopback), each node's
+        balancer certificate (its address) and the balancers' client certificate."""
+        self.pki.mkdir(parents=True, exist_ok=True)
+        ca = pki.new_ca("navigator-lab-mesh-ca")
+        pki.write_cert(ca, self.pki / "ca.pem")
+        server = pki.issue_server(
+            ca, name="navigator-xds", hosts=[balancer.DEFAULT_FRONTEND_SAN, "127.0.0.1"]
+        )
+        pki.write_pair(server, self.pki, "xds")
+        for c in self.topology.clusters:
+            node = pki.issue_server(ca, name=f"balancer-{c.name}", hosts=[self.node_ip(c)])
+            pki.write_pair(node, self.pki, f"balancer-{c.name}")
+        pki.write_pair(pki.issue_client(ca, user="navigator-balancer"), self.pki, "balancer")
 
     def _pids_of(self, role: str) -> list[int]:
         return [p.popen.pid for p in self.procs if p.role == role]
@@ -703,8 +843,11 @@ class Lab:
         admin: tuple[str, int],
         xds: str = "",
         node_name: str = "",
+        account: tuple[str, str] | None = None,
     ) -> None:
         """An Envoy (sidecar or gateway) from ``navigator bootstrap``'s config, in its pod.
+
+        With ``account`` (namespace, name; ``secure``) it sends that service account's token.
 
         It reaches the control plane through its node's balancer, as through ``HOST_IP``. With
         ``node_name`` its bootstrap names its node and no zone, as ``deploy/`` sidecars do: the
@@ -725,6 +868,8 @@ class Lab:
             admin_port=admin[1],
             control_plane_health_port=int(node["health"].rpartition(":")[2]),
             delta=(xds or self.shape.sidecar_xds) == "delta",
+            xds_ca=str(self.pki / "ca.pem") if self.shape.secure else "",
+            token_file=str(self._token(node_id, cluster.name, account)) if account else "",
         )
         path = self.state_dir / f"envoy-{node_id}.json"
         path.write_text(json.dumps(config, indent=2))
@@ -760,6 +905,7 @@ class Lab:
                 admin=(admin_address, admin_port),
                 xds=s.xds,
                 node_name=node_name,
+                account=("default", s.app) if self.shape.secure else None,
             )
             self.sidecars.append(
                 {
@@ -817,6 +963,7 @@ class Lab:
                 cluster=c,
                 prefix=pod.exec_prefix,
                 admin=(pod.ip, ENVOY_ADMIN_PORT),
+                account=(g.namespace, g.name) if self.shape.secure else None,
             )
             self.gateways.append(
                 {
@@ -896,8 +1043,16 @@ class Lab:
                     }
                     if port not in entry["ports"]:
                         entry["ports"].append(port)
+        creds = self.etcd_credentials
         doc = {
             "etcd": self.etcd_urls,
+            # NOTE: root's client TLS, for tools run against the lab (``etcd_env``).
+            "etcd_tls": (
+                {"ca": str(creds.root.ca), "cert": str(creds.root.cert), "key": str(creds.root.key)}
+                if creds is not None
+                else None
+            ),
+            "secure": self.shape.secure,
             "kubeconfig": str(self.kubeconfig),
             "network": {
                 "mode": self.mode,
@@ -976,12 +1131,17 @@ def _port_kind(port: dict[str, Any]) -> str:
     return "http" if prefix in ("http", "http2", "grpc") else "tcp"
 
 
+def role_user(role: str) -> str:
+    """The etcd user (``coordinator.auth``) of a lab process role."""
+    return {"watcher": auth.WATCHER, "translator": auth.TRANSLATOR, "xds": auth.XDS}[role]
+
+
 def instructions(lab: Lab) -> str:
     lines = [
         "",
         f"Navigator lab is up ({lab.mode} network). State and logs: {lab.state_dir}",
         "",
-        f"  export NAVIGATOR_ETCD={lab.etcd_url}",
+        *(f"  export {k}={v}" for k, v in lab.etcd_env().items()),
         f"  export KUBECONFIG={lab.kubeconfig}",
         "",
         "Try:",
@@ -1074,6 +1234,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("--etcd-members", default.etcd_members, "etcd members"),
     ):
         parser.add_argument(flag, type=int, default=value, help=f"{what} (default %(default)s)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no etcd TLS or roles, no sidecar tokens, no TLS to the front-ends (default: all "
+        "on, as a deployment runs)",
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     runtime.setup_logging(args.log_level, component="lab")
@@ -1082,6 +1248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         watchers_per_cluster=args.watchers,
         translators=args.translators,
         frontends=args.frontends,
+        secure=not args.insecure,
     )
     counts = (shape.etcd_members, shape.watchers_per_cluster, shape.translators, shape.frontends)
     if min(counts) < 1:

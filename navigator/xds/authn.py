@@ -7,8 +7,10 @@ API of the cluster the sidecar names (``metadata.k8s_cluster``) whether the toke
 the audience; a token of another cluster is then simply invalid. The review says which
 service account the pod runs as (``system:serviceaccount:<namespace>:<name>``), and that is
 the sidecar's identity: **the app it may ask for is its service account's name**, never the
-``metadata.app`` it claims. A sidecar of app A asking as app B gets nothing, and the attempt is
-logged and counted, so Nexus scoping is an access boundary as well.
+``metadata.app`` it claims (a gateway's Envoy, app ``gateway:<namespace>:<name>``, runs as the
+service account named after its Gateway, in the Gateway's namespace). A sidecar of app A
+asking as app B gets nothing, and the attempt is logged and counted, so Nexus scoping is an
+access boundary as well.
 
 Outcomes (``Denied.reason``, also the label of ``navigator_xds_authn_denied_total``):
 
@@ -99,8 +101,17 @@ class Identity:
 
     @property
     def app(self) -> str:
-        """The one app this identity may ask for."""
+        """The app this identity may ask for: its service account's name."""
         return self.service_account
+
+    @property
+    def gateway_app(self) -> str:
+        """The app of the Gateway named like the service account, in its namespace: a
+        gateway's Envoy runs as the service account named after its Gateway."""
+        return f"gateway:{self.namespace}:{self.service_account}"
+
+    def allows(self, app: str) -> bool:
+        return app in (self.app, self.gateway_app)
 
     @property
     def username(self) -> str:
@@ -192,7 +203,7 @@ class TokenAuthenticator:
         found = await self._reviewed(node.k8s_cluster, reviewer, token)
         if isinstance(found, Denied):
             raise found
-        if node.app != found.app:
+        if not found.allows(node.app):
             raise Denied(
                 grpc.StatusCode.PERMISSION_DENIED,
                 "wrong_app",

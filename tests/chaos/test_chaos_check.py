@@ -9,7 +9,6 @@ from pathlib import Path
 
 from chaos import check
 from chaos import main as chaos_main
-from coordinator import etcd as etcd_mod
 from navigator import keys, model
 from navigator.lab import main as lab_main
 
@@ -25,8 +24,7 @@ async def test_check_passes_a_healthy_mesh_and_catches_a_rogue_write(tmp_path: P
     try:
         argv = [
             "check",
-            "--etcd",
-            lab.etcd_url,
+            *lab.etcd_args(),
             "--kubeconfig",
             str(lab.kubeconfig),
             "--context",
@@ -50,7 +48,7 @@ async def test_check_passes_a_healthy_mesh_and_catches_a_rogue_write(tmp_path: P
                 cluster=model.ClusterName("east"), namespace="shop", name="item", endpoints=()
             )
         )
-        async with etcd_mod.Etcd(etcd_mod.parse_endpoints(lab.etcd_url)) as etcd:
+        async with lab.etcd_client() as etcd:
             kv = await etcd.get(key)
             assert kv is not None
             doc = json.loads(kv.value)

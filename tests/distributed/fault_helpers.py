@@ -46,7 +46,7 @@ async def until(
 
 
 def etcd_of(lab: lab_main.Lab) -> etcd_mod.Etcd:
-    return etcd_mod.Etcd(etcd_mod.parse_endpoints(lab.etcd_url), timeout=2.0, retry_for=20.0)
+    return lab.etcd_client(timeout=2.0, retry_for=20.0)
 
 
 async def leader(etcd: etcd_mod.Etcd, key: str) -> str:

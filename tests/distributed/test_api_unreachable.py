@@ -58,7 +58,7 @@ async def test_an_unreachable_api_server_keeps_its_endpoints_served_and_marked_s
 
             # NOTE: the scenario is a minute of outage; the sidecar is sampled meanwhile.
             await f.until(outage_lasted, within=OUTAGE + 5, what="a minute without east's API")
-            shown = await asyncio.to_thread(_state_clusters, lab.etcd_url)
+            shown = await asyncio.to_thread(_state_clusters, lab.etcd_args())
             east = next(c for c in shown if c["cluster"] == "east")
             assert east["synced"] and east["stale_since"] == since
             assert time.time() - east["stale_since"] >= OUTAGE - 1
@@ -107,10 +107,10 @@ async def _set_when_reachable(lab: lab_main.Lab, ips: list[str]) -> bool:
     return True
 
 
-def _state_clusters(etcd_url: str) -> list[dict[str, object]]:
+def _state_clusters(etcd_args: list[str]) -> list[dict[str, object]]:
     """``navigator state clusters -o json``, run as an operator runs it."""
     out = subprocess.run(
-        [sys.executable, "-m", "navigator", "state", "clusters", "--etcd", etcd_url, "-o", "json"],
+        [sys.executable, "-m", "navigator", "state", "clusters", *etcd_args, "-o", "json"],
         capture_output=True,
         text=True,
         timeout=30,

@@ -63,10 +63,13 @@ async def _serving(address: str, ip: str) -> set[str] | None:
 
 def _extra(lab: lab_main.Lab, role: str, name: str, args: list[str], etcd: str) -> lab_main.Proc:
     http = f"127.0.0.1:{procs.free_port()}"
+    # NOTE: ``role``'s etcd credentials, with etcd reached at ``etcd`` (the proxy) instead.
+    credentials = lab.etcd_args(role)[2:]
+    command = [sys.executable, "-m", "navigator", role, *args, "--etcd", etcd, *credentials]
     return lab.spawn(
         role,
         name,
-        [sys.executable, "-m", "navigator", role, *args, "--etcd", etcd, "--http", http],
+        [*command, "--http", http],
         ready_url=f"http://{http}/readyz",
         extra={"http": http},
     )
@@ -86,7 +89,7 @@ async def test_compaction_past_their_revision_makes_them_relist_and_converge(
         f.etcd_of(lab) as etcd,
         faultproxy.proxy(lab.etcd_urls[0].split("//")[1]) as proxy,
     ):
-        via = f"http://{proxy.address}"
+        via = f"{lab.etcd_urls[0].split('//')[0]}//{proxy.address}"
         grpc_port = procs.free_port()
         frontend = _extra(
             lab,

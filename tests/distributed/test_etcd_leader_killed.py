@@ -21,7 +21,7 @@ async def test_killing_the_etcd_leader_loses_no_acknowledged_write(start_lab: St
     web = f.sidecar(lab, "web", "east")
     members = [p for p in lab.procs if p.role == "etcd"]
     statuses = {
-        m.name: await etcd_mod.member_status(m.extra["url"].split("//")[1]) for m in members
+        m.name: await etcd_mod.member_status(m.extra["url"], tls=lab.etcd_tls) for m in members
     }
     leader = next(m for m in members if statuses[m.name].is_leader)
     acked: dict[str, bytes] = {}
@@ -69,7 +69,7 @@ async def test_killing_the_etcd_leader_loses_no_acknowledged_write(start_lab: St
         new_leaders = [
             s
             for m in survivors
-            if (s := await etcd_mod.member_status(m.extra["url"].split("//")[1])).is_leader
+            if (s := await etcd_mod.member_status(m.extra["url"], tls=lab.etcd_tls)).is_leader
         ]
         assert len(new_leaders) == 1
         stored = await etcd.get_prefix("/test/acked/")

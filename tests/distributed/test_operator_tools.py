@@ -59,7 +59,7 @@ async def test_state_proxy_status_and_proxy_diff_against_the_lab(
     (examples / "east" / "reports.yaml").write_text(BROKEN_NEXUS)
     # NOTE: network namespaces where they work: SotW and Delta sidecars, a gateway.
     lab = await start_lab(examples=examples, network="auto")
-    etcd = ("--etcd", lab.etcd_url)
+    etcd = tuple(lab.etcd_args())
     sidecars = {s["node_id"]: s for s in lab.sidecars}
     described = json.loads((lab.state_dir / "lab.json").read_text())
     zones = {c["name"]: c["zone"] for c in described["clusters"]}

@@ -299,7 +299,7 @@ def test_draining_a_cluster_moves_its_traffic_to_the_other(lab: dict[str, Any]) 
 
     def weight(*args: str) -> None:
         subprocess.run(
-            [sys.executable, "-m", "navigator", "weight", "--etcd", lab["etcd"][0], *args],
+            [sys.executable, "-m", "navigator", "weight", *_etcd_args(lab), *args],
             check=True,
             capture_output=True,
             timeout=30,
@@ -463,3 +463,12 @@ def test_sotw_and_delta_sidecars_of_one_app_hold_identical_config(lab: dict[str,
 
     config = _eventually(same, "the SotW and the Delta sidecar to converge")
     assert {"lds", "rds"} <= {k for k, v in config.items() if v}
+
+
+def _etcd_args(lab: dict[str, Any]) -> list[str]:
+    """``--etcd`` and, when the lab runs etcd with TLS, root's client certificate."""
+    tls = lab.get("etcd_tls")
+    out = ["--etcd", lab["etcd"][0]]
+    if tls:
+        out += ["--etcd-ca", tls["ca"], "--etcd-cert", tls["cert"], "--etcd-key", tls["key"]]
+    return out

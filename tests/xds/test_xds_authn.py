@@ -53,12 +53,12 @@ def reviews() -> float:
 async def kube(tmp_path: Path) -> AsyncIterator[tuple[kubeapi_server.KubeApiServer, Path]]:
     srv = kubeapi_server.KubeApiServer(name="east")
     await srv.start()
-    for account in ("web", "checkout"):
+    for namespace, account in ((NS, "web"), (NS, "checkout"), ("edge", "public")):
         srv.store.create(
             {
                 "apiVersion": "v1",
                 "kind": "ServiceAccount",
-                "metadata": {"namespace": NS, "name": account},
+                "metadata": {"namespace": namespace, "name": account},
             }
         )
     path = tmp_path / "kubeconfig"
@@ -77,7 +77,7 @@ async def channel(
     args = argparse.Namespace(
         review_kubeconfig=str(kubeconfig), review_context=[], review_in_cluster=None
     )
-    for app in ("web", "checkout"):
+    for app in ("web", "checkout", "gateway:edge:public"):
         await h.publish_app(etcd, h.app_snapshot(app, "east", [h.Service(f"{app}-out", 8080)]))
     async with (
         tokenreview.reviewers(args) as clusters,
@@ -182,3 +182,17 @@ async def test_no_valid_credentials_get_nothing(
     err = await refused(channel, "web", metadata, k8s_cluster=cluster)
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
     assert denied(reason) == before + 1
+
+
+async def test_a_gateway_runs_as_the_service_account_named_after_its_gateway(
+    channel: grpc.aio.Channel, kube: tuple[kubeapi_server.KubeApiServer, Path]
+) -> None:
+    srv, _ = kube
+    token = srv.issue_token("edge", "public", audiences=[AUDIENCE])
+    client = h.SotwClient(channel, node("gateway:edge:public"), metadata=bearer(token))
+    await client.send(snapshot.CLUSTER)
+    assert cluster_names(await client.recv()) == ["gateway:edge:public-out"]
+    # The same name in another namespace is another identity.
+    other = srv.issue_token(NS, "web", audiences=[AUDIENCE])
+    err = await refused(channel, "gateway:edge:public", bearer(other))
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
