@@ -10,7 +10,7 @@ import asyncio
 import logging
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,18 +80,6 @@ def skey(kind: model.Kind, ns: str, name: str) -> str:
         model.Kind.ENDPOINT_SLICE: model.EndpointSlice(C, ns, name, "x", ()),
     }
     return keys.state_key(probes[kind])
-
-
-@pytest.fixture
-async def kube(tmp_path: Path) -> AsyncIterator[tuple[kubeapi_server.KubeApiServer, Path]]:
-    srv = kubeapi_server.KubeApiServer(name="east", bookmark_interval=0.5)
-    await srv.start()
-    path = tmp_path / "kubeconfig"
-    kubeapi_server.write_kubeconfig(path, {"east": srv.url})
-    try:
-        yield srv, path
-    finally:
-        await srv.stop()
 
 
 async def _decoded(etcd: etcd_mod.Etcd, key: str) -> model.Object | None:

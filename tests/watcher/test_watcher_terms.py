@@ -23,18 +23,6 @@ C = model.ClusterName("east")
 ITEM = keys.state_key(model.Endpoints(C, "ns", "item", ()))
 
 
-@pytest.fixture
-async def kube(tmp_path: Path) -> AsyncIterator[tuple[kubeapi_server.KubeApiServer, Path]]:
-    srv = kubeapi_server.KubeApiServer(name="east", bookmark_interval=0.5)
-    await srv.start()
-    path = tmp_path / "kubeconfig"
-    kubeapi_server.write_kubeconfig(path, {"east": srv.url})
-    try:
-        yield srv, path
-    finally:
-        await srv.stop()
-
-
 def endpoints(*ips: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
