@@ -228,7 +228,9 @@ _HOUR = datetime.timedelta(hours=1)
 
 
 def parse_duration(text: str) -> datetime.timedelta:
-    """A Go/Kubernetes duration (``250ms``, ``1.5s``, ``1m30s``; ``0`` alone); not negative."""
+    """A Go/Kubernetes duration (``250ms``, ``1.5s``, ``1m30s``; ``0`` alone); not negative.
+
+    Raises ``OverflowError`` for one longer than a ``timedelta`` holds."""
     s = text.strip()
     if s == "0":
         return datetime.timedelta(0)
@@ -239,7 +241,11 @@ def parse_duration(text: str) -> datetime.timedelta:
         m = _DURATION_PART.match(s, pos)
         if m is None:
             raise _Invalid("a duration such as 250ms, 1s or 1m30s")
-        nanos += fractions.Fraction(m.group(1)) * _NANOS[m.group(2)]
+        try:
+            nanos += fractions.Fraction(m.group(1)) * _NANOS[m.group(2)]
+        except ValueError:
+            # NOTE: int() refuses a number of more than 4300 digits.
+            raise _Invalid("a duration such as 250ms, 1s or 1m30s") from None
         pos = m.end()
     if nanos.denominator != 1 or nanos % 1000:
         raise _Invalid("a duration in whole microseconds")
@@ -258,13 +264,19 @@ def _format(d: datetime.timedelta) -> str:
 def _duration(
     low: datetime.timedelta, high: datetime.timedelta, *, zero: bool = False
 ) -> _Parser[datetime.timedelta]:
+    also = " (or 0s)" if zero else ""
+    out_of_range = f"a duration from {_format(low)} to {_format(high)}{also}"
+
     def parse(text: str) -> datetime.timedelta:
-        d = parse_duration(text)
+        try:
+            d = parse_duration(text)
+        except OverflowError:
+            # NOTE: longer than a timedelta holds (999999999 days): out of any range.
+            raise _Invalid(out_of_range) from None
         if zero and d == datetime.timedelta(0):
             return d
         if not low <= d <= high:
-            also = " (or 0s)" if zero else ""
-            raise _Invalid(f"a duration from {_format(low)} to {_format(high)}{also}")
+            raise _Invalid(out_of_range)
         return d
 
     return parse
@@ -273,9 +285,11 @@ def _duration(
 def _int(low: int, high: int) -> _Parser[int]:
     def parse(text: str) -> int:
         s = text.strip()
-        if not re.fullmatch(r"[0-9]+", s) or not low <= int(s) <= high:
+        # NOTE: int() refuses more than 4300 digits; no bound here has 19.
+        digits = s.lstrip("0") or "0"
+        if not re.fullmatch(r"[0-9]+", s) or len(digits) > 18 or not low <= int(digits) <= high:
             raise _Invalid(f"an integer from {low} to {high}")
-        return int(s)
+        return int(digits)
 
     return parse
 

@@ -35,10 +35,10 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return out
 
 
-def _pointer(path: str) -> list[str]:
+def _pointer(path: Any) -> list[str]:
     if path == "":
         return []
-    if not path.startswith("/"):
+    if not isinstance(path, str) or not path.startswith("/"):
         raise errors.bad_request(f"invalid JSON pointer: {path!r}")
     return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
 
@@ -46,7 +46,9 @@ def _pointer(path: str) -> list[str]:
 def _index(container: list[Any], token: str, *, allow_end: bool) -> int:
     if token == "-" and allow_end:
         return len(container)
-    if not token.isdigit():
+    # NOTE: ASCII digits ("²" is a digit to isdigit, not to int), and few: int() refuses
+    # more than 4300.
+    if not token.isascii() or not token.isdigit() or len(token) > 18:
         raise errors.bad_request(f"invalid array index: {token!r}")
     i = int(token)
     if i > len(container) or (i == len(container) and not allow_end):
@@ -79,6 +81,8 @@ def _get(doc: Any, tokens: list[str]) -> Any:
 
 
 def _remove(doc: Any, tokens: list[str]) -> Any:
+    if not tokens:
+        raise errors.bad_request("unable to remove the whole document")
     parent = _parent(doc, tokens)
     last = tokens[-1]
     if isinstance(parent, dict) and last in parent:

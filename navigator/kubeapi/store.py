@@ -181,6 +181,8 @@ class Store:
 
     @staticmethod
     def _type_of(obj: Obj) -> ResourceType:
+        if not isinstance(obj, dict):
+            raise errors.bad_request("the object must be a JSON object")
         rt = resources.by_kind(str(obj.get("apiVersion", "")), str(obj.get("kind", "")))
         if rt is None:
             raise errors.bad_request(
@@ -195,13 +197,13 @@ class Store:
 
     def create(self, obj: Obj, *, field_validation: FieldValidation = "Strict") -> Obj:
         rt = self._type_of(obj)
-        ns = (obj.get("metadata") or {}).get("namespace") or "default" if rt.namespaced else None
+        ns = _namespace_of(obj) if rt.namespaced else None
         return copy.deepcopy(self._create(rt, ns, obj, field_validation)[0])
 
     def update(self, obj: Obj, *, field_validation: FieldValidation = "Strict") -> Obj:
         rt = self._type_of(obj)
-        meta = obj.get("metadata") or {}
-        ns = meta.get("namespace") or "default" if rt.namespaced else None
+        meta = _unchecked_meta(obj)
+        ns = _namespace_of(obj) if rt.namespaced else None
         return copy.deepcopy(
             self._update(rt, ns, str(meta.get("name", "")), obj, field_validation)[0]
         )
@@ -287,7 +289,7 @@ class Store:
         if problems.wrong_type:
             path, value, want = problems.wrong_type[0]
             got = _json_type(value)
-            name = str((obj.get("metadata") or {}).get("name", ""))
+            name = str(_unchecked_meta(obj).get("name", ""))
             if rt.crd:
                 raise errors.invalid(rt.kind, rt.group, name, [
                     (path, "FieldValueTypeInvalid",
@@ -406,6 +408,8 @@ class Store:
         if old is None:
             raise errors.not_found(rt.qualified, name, rt.group)
         pre = options.get("preconditions") or {}
+        if not isinstance(pre, dict):
+            raise errors.bad_request("DeleteOptions.preconditions: expected an object")
         meta = old["metadata"]
         for field_, label in (("uid", "UID"), ("resourceVersion", "ResourceVersion")):
             if pre.get(field_) and pre[field_] != meta[field_]:
@@ -504,6 +508,19 @@ class Store:
             if 0 < offset < size - 1 and ip not in used:
                 return ip
         raise errors.ApiError(500, "InternalError", "the service IP range is exhausted")
+
+
+def _unchecked_meta(obj: Obj) -> Obj:
+    """The metadata of a body not admitted yet ({} if it is not an object: admission says so)."""
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+def _namespace_of(obj: Obj) -> str:
+    """The namespace a body not admitted yet names ("default" if none, or not a string:
+    admission reports the wrong type)."""
+    ns = _unchecked_meta(obj).get("namespace")
+    return ns if isinstance(ns, str) and ns else "default"
 
 
 def _spec_of(obj: Obj) -> Obj:

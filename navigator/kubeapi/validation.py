@@ -88,7 +88,12 @@ class Array(Schema):
         if not isinstance(value, list):
             problems.wrong_type.append((path, value, "array"))
             return value
-        return [self.item.check(v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        # NOTE: a null element of a list of objects decodes, in Go, as an empty object.
+        empty = isinstance(self.item, Obj)
+        return [
+            self.item.check({} if v is None and empty else v, f"{path}[{i}]", problems)
+            for i, v in enumerate(value)
+        ]
 
     def openapi(self) -> dict[str, Any]:
         return {"type": "array", "items": self.item.openapi()}
@@ -132,6 +137,10 @@ class Obj(Schema):
             sub = self.fields.get(key)
             if sub is None:
                 problems.unknown.append(_join(path, key))
+                continue
+            if item is None:
+                # NOTE: null means unset: decoding into a Go struct leaves the field at its
+                # zero value, which is not stored; defaulting then fills it like any unset one.
                 continue
             out[key] = sub.check(item, _join(path, key), problems)
         return out

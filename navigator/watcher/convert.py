@@ -129,6 +129,13 @@ def _str(value: Any, path: str, *, default: str | None = None) -> str:
         return default
     if not isinstance(value, str):
         raise ConversionError(f"{path}: expected a string, got {_type_name(value)}")
+    if not value.isascii():
+        # NOTE: JSON may escape a lone UTF-16 surrogate ("\ud800"); the model's canonical JSON
+        # is UTF-8, which cannot hold one (the object could never be written to etcd).
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ConversionError(f"{path}: not valid Unicode (a lone surrogate)") from None
     return value
 
 
@@ -259,8 +266,14 @@ def _service_port(raw: dict[str, Any], path: str) -> model.ServicePort | None:
     if raw_target is None:
         target = number
     elif isinstance(raw_target, str):
-        if raw_target.isdigit():
-            target = _port_number(int(raw_target), f"{path}.targetPort")
+        raw_target = _str(raw_target, f"{path}.targetPort")
+        # NOTE: ASCII digits only: "²" is a digit to str.isdigit, not to int().
+        if raw_target.isascii() and raw_target.isdigit():
+            digits = raw_target.lstrip("0") or "0"
+            if len(digits) > 5:
+                # NOTE: int() refuses a string of more than 4300 digits; no port has 6.
+                raise ConversionError(f"{path}.targetPort: port {digits[:6]}... out of range")
+            target = _port_number(int(digits), f"{path}.targetPort")
         elif raw_target:
             target = raw_target
         else:
@@ -288,6 +301,7 @@ def _mesh_annotations(obj: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     out: list[tuple[str, str]] = []
     for key, value in annotations.items():
         if isinstance(key, str) and key.startswith(ANNOTATION_PREFIX):
+            _str(key, "metadata.annotations")
             out.append((key, _str(value, f"metadata.annotations[{key}]")))
     return tuple(sorted(out))
 

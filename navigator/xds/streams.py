@@ -620,7 +620,9 @@ class DeltaStream(Stream[_DeltaType]):
         if "*" in subscribe and type_url in resources.WILDCARD_TYPES:
             st.wildcard = True
         added = subscribe - {"*"} - st.names
-        gone = (unsubscribe - {"*"}) & st.names
+        # NOTE: a name in both lists of one request ends unsubscribed, whatever was before
+        # (the subscriptions apply first, then the unsubscriptions, as go-control-plane does).
+        gone = (unsubscribe - {"*"}) & (st.names | added)
         if added or gone:
             st.names |= added
             st.names -= gone
