@@ -84,14 +84,6 @@ OPEN_ISSUES: dict[str, tuple[type[BaseException], str, str]] = {
     # name: (exception, product file, function it escapes from); each has a strict xfail
     # regression test in tests/fuzz/ naming the fix, which belongs to a file the fuzzing
     # work may not change. Drop the entry with the fix (the xfail then fails: remove it).
-    "kubeapi-body-recursion": (RecursionError, "navigator/kubeapi/server.py", "_body"),
-    "manifests-undecodable": (ValueError, "navigator/kubeapi/server.py", "_documents"),
-    "manifests-not-objects": (AttributeError, "navigator/kubeapi/server.py", "load_manifests"),
-    "manifests-items": (TypeError, "navigator/kubeapi/server.py", "load_manifests"),
-    "kubeconfig-tls": (OSError, "navigator/watcher/informer.py", "from_kubeconfig"),
-    "topology-undecodable": (ValueError, "navigator/lab/main.py", "load_topology"),
-    "topology-types": (TypeError, "navigator/lab/main.py", "load_topology"),
-    "bench-spec-overflow": (OverflowError, "navigator/bench/sidecars.py", "parse_spec"),
 }
 """Findings whose fix is outside what the fuzzing work may change: tolerated by the targets
 (``open_issue``), so that fuzzing goes on past them to find the others."""

@@ -289,7 +289,9 @@ def parse_spec(data: Any) -> Spec:
             )
         except KeyError as exc:
             raise ValueError(f"sidecar {n}: missing {exc}") from exc
-    per_channel = int(data.get("streams_per_channel", 100))
+    per_channel = data.get("streams_per_channel", 100)
+    if not isinstance(per_channel, int) or isinstance(per_channel, bool):
+        raise ValueError('"streams_per_channel" must be an integer')
     return Spec(
         xds=data["xds"],
         sidecars=sidecars,

@@ -613,7 +613,8 @@ class KubeApiServer:
             if "yaml" in request.content_type:
                 return yaml.safe_load(raw)
             return json.loads(raw)
-        except (ValueError, yaml.YAMLError) as e:
+        except (ValueError, yaml.YAMLError, RecursionError) as e:
+            # NOTE: RecursionError: a body nested deeper than the parsers recurse.
             raise errors.bad_request(f"the body of the request could not be decoded: {e}") \
                 from None
 
@@ -787,6 +788,9 @@ def _proto_fields(buf: bytes) -> list[tuple[int, int, Any]]:
 def _varint(buf: bytes, i: int) -> tuple[int, int]:
     value = shift = 0
     while True:
+        if shift > 63:
+            # NOTE: a varint has at most 10 bytes; an unbounded one decodes in quadratic time.
+            raise ValueError("varint longer than 10 bytes")
         byte = buf[i]
         value |= (byte & 0x7F) << shift
         i += 1
@@ -868,10 +872,19 @@ def load_manifests(store: Store, source: str | os.PathLike[str]) -> int:
         if src.is_dir() else [src]
     count = 0
     for file in files:
-        for doc in _documents(file):
+        try:
+            docs = _documents(file)
+        except (ValueError, yaml.YAMLError, RecursionError) as e:  # not UTF-8, not JSON/YAML
+            raise errors.bad_request(f"{file}: cannot be read as a manifest: {e}") from None
+        for doc in docs:
             if not doc:
                 continue
-            for obj in doc.get("items", []) if doc.get("kind") == "List" else [doc]:
+            if not isinstance(doc, dict):
+                raise errors.bad_request(f"{file}: a document is not an object")
+            items = doc.get("items", []) if doc.get("kind") == "List" else [doc]
+            if not isinstance(items, list):
+                raise errors.bad_request(f"{file}: the items of a List are not a list")
+            for obj in items:
                 store.create(obj)
                 count += 1
     return count

@@ -120,7 +120,13 @@ def load_topology(examples: Path) -> Topology:
         clusters = tuple(ClusterSpec(**c) for c in raw["clusters"])
         sidecars = tuple(SidecarSpec(**s) for s in raw.get("sidecars", []))
         gateways = tuple(GatewaySpec(**g) for g in raw.get("gateways", []))
-    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        specs: list[ClusterSpec | SidecarSpec | GatewaySpec] = [*clusters, *sidecars, *gateways]
+        for spec in specs:
+            for field in dataclasses.fields(spec):
+                if not isinstance(getattr(spec, field.name), str):
+                    raise TypeError(f"{type(spec).__name__}.{field.name} must be a string")
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
+        # NOTE: ValueError: not UTF-8; AttributeError: a list or entry that is not a mapping.
         raise LabError(f"cannot read lab topology {path}: {exc}") from exc
     manifests: dict[str, list[dict[str, Any]]] = {}
     for c in clusters:
@@ -128,7 +134,7 @@ def load_topology(examples: Path) -> Topology:
         for file in sorted((examples / c.name).glob("*.yaml")):
             try:
                 docs += [d for d in yaml.safe_load_all(file.read_text()) if d]
-            except yaml.YAMLError as exc:
+            except (yaml.YAMLError, ValueError) as exc:
                 raise LabError(f"cannot parse {file}: {exc}") from exc
         manifests[c.name] = docs
     names = {c.name for c in clusters}

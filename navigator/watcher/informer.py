@@ -182,7 +182,11 @@ class KubeApi:
         except Exception as exc:  # NOTE: yaml, I/O, missing keys: all mean "cannot use it".
             reason = (str(exc) or type(exc).__name__).strip().splitlines()[0]
             raise KubeConfigError(f"kubeconfig {path}: {reason}") from exc
-        return cls(kclient.ApiClient(configuration))
+        try:
+            # NOTE: the client loads the CA and client certificate here, into its TLS context.
+            return cls(kclient.ApiClient(configuration))
+        except (ssl.SSLError, OSError) as exc:
+            raise KubeConfigError(f"kubeconfig {path}: TLS material: {exc}") from exc
 
     @classmethod
     def in_cluster(

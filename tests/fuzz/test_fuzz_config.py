@@ -278,13 +278,6 @@ LAB_CA = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OSError,
-    reason="navigator/watcher/informer.py KubeApi.from_kubeconfig: kclient.ApiClient("
-    "configuration) loads the CA and client certificate (ssl.SSLError, OSError) outside the "
-    "try; catch (ssl.SSLError, OSError) around it and raise KubeConfigError, as in_cluster does",
-)
 def test_a_kubeconfig_whose_ca_is_not_pem_is_a_kubeconfig_error(
     files: fuzz_config.Files, loop: asyncio.Runner
 ) -> None:
@@ -296,14 +289,6 @@ def test_a_kubeconfig_whose_ca_is_not_pem_is_a_kubeconfig_error(
         loop.run(informer.KubeApi.from_kubeconfig(path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="navigator/kubeapi/server.py load_manifests/_documents: a file that is not UTF-8 or "
-    "not JSON (ValueError), a document that is not an object (AttributeError) and List items "
-    "that are not a list (TypeError) end navigator kube-api --load with a traceback; raise "
-    "errors.bad_request naming the file for each (main reports ApiError)",
-)
 @pytest.mark.parametrize(
     ("name", "content"),
     [
@@ -326,14 +311,6 @@ def test_a_bad_manifest_file_is_an_api_error(tmp_path: Path, name: str, content:
     raise AssertionError("loaded")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="navigator/lab/main.py load_topology: lab.yaml or a manifest that is not UTF-8 "
-    "(UnicodeDecodeError) and fields of the wrong type (TypeError: a cluster name that is a "
-    "list) end navigator lab with a traceback; catch ValueError with the YAML errors, and "
-    "check each spec's fields are strings, raising LabError",
-)
 @pytest.mark.parametrize(
     ("lab_yaml", "manifest"),
     [
@@ -380,13 +357,6 @@ def test_a_bad_topology_is_a_lab_error(
     raise AssertionError("loaded")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="navigator/bench/sidecars.py parse_spec: int() of a non-finite streams_per_channel "
-    "(JSON Infinity) raises OverflowError, which parse_args does not turn into a parse error; "
-    "catch OverflowError there too (or check the value is an integer)",
-)
 def test_a_bench_spec_with_infinite_streams_is_a_parse_error(tmp_path: Path) -> None:
     # NOTE: found by the fuzz_config properties.
     path = tmp_path / "spec.json"

@@ -219,13 +219,6 @@ def test_a_null_spec_is_defaulted(api: tuple[asyncio.Runner, fuzz_kubeapi_http.A
     assert answer.status == 201 and answer.body["spec"]["type"] == "ClusterIP"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="navigator/kubeapi/server.py KubeApiServer._body: json.loads and yaml.safe_load "
-    "raise RecursionError on a deeply nested body; catch it with ValueError and yaml.YAMLError "
-    "(-> 400 'the body of the request could not be decoded')",
-)
 @pytest.mark.parametrize(
     "frame",
     [
@@ -252,13 +245,6 @@ async def _without_tolerance(server: fuzz_kubeapi_http.Api, frame: harness.Frame
 PROTOBUF = 6 << 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="navigator/kubeapi/server.py _varint: a varint has no length bound, and each byte "
-    "shifts a growing int: decoding is quadratic (150 KB: a second; the 16 MB a body may be: "
-    "hours of a blocked event loop). Refuse a varint longer than 10 bytes (ValueError, -> 400)",
-)
 def test_a_huge_protobuf_varint_is_refused_at_once(
     api: tuple[asyncio.Runner, fuzz_kubeapi_http.Api],
 ) -> None:
