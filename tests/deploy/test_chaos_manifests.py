@@ -444,7 +444,8 @@ def test_the_compaction_job_is_a_valid_job_with_the_etcd_client_of_deploy() -> N
     assert all(u.startswith("https://") for u in env["ETCDCTL_ENDPOINTS"].split(","))
     (mount,) = c["volumeMounts"]
     (volume,) = pod["volumes"]
-    assert volume["secret"]["secretName"] == "navigator-etcd-client"
+    # NOTE: the front-ends' etcd user: it reads everything and may write only status records.
+    assert volume["secret"]["secretName"] == "navigator-etcd-xds"
     for key, file in (("ETCDCTL_CACERT", "ca.crt"), ("ETCDCTL_CERT", "tls.crt")):
         assert env[key] == f"{mount['mountPath']}/{file}"
     assert env["ETCDCTL_KEY"] == f"{mount['mountPath']}/tls.key"

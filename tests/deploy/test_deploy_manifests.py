@@ -8,15 +8,22 @@ wherever the code states it:
   against Kubernetes 1.32's schemas (``kubernetes-validate``, strict); no YAML file under
   ``deploy/`` escapes that;
 - the overlays differ in what is the cluster's (its name, its etcd endpoints) and nothing else;
-- RBAC grants the watcher exactly the collections of ``navigator.watcher.informer.RESOURCES``,
-  read-only, and nothing to anyone else;
+- RBAC is least privilege per component (``ACCESS``): the watcher may list and watch exactly
+  the collections of ``navigator.watcher.informer.RESOURCES``, the front-end only create
+  TokenReviews, the translator and the balancer get no token; no wildcard, no secrets, no
+  role but the component's own, bound to its own ServiceAccount only;
+- each component reaches etcd with its own client certificate (its Secret, whose CN is its
+  user of ``coordinator.auth``), and the TLS of both hops to the front-ends is wired: the
+  front-ends' certificate and client CA, the balancer's node and client certificates, the
+  sidecar's projected token (audience = the front-ends' ``--token-audience``) and mesh CA;
 - the CRDs accept the examples and what the code accepts, and reject only what the code
   rejects too (converter, local API server, translation or key schema), with the local API
   server's own schemas for the same fields;
 - the front-ends, the headless Service, the balancer and the sidecar template agree on ports
   and names, and their shell commands actually run: the balancer's and the sidecar's Envoy
   configs are rendered by the manifests' own scripts and validated by the real Envoy
-  (``envoy --mode validate``), the iptables redirect is run against a recording ``iptables``;
+  (``envoy --mode validate``, with real PEM files and a token at the mounted paths), the
+  iptables redirect is run against a recording ``iptables``;
 - the Grafana dashboard queries only metrics the code defines.
 """
 
@@ -28,6 +35,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -43,7 +51,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
-from navigator import bootstrap, keys, model
+from coordinator import auth
+from navigator import balancer, bootstrap, keys, model, pki
 from navigator.kubeapi import resources as kube_resources
 from navigator.kubeapi import store as kube_store
 from navigator.kubeapi import validation as kube_validation
@@ -106,14 +115,16 @@ def render_app(cluster: str, tmp_path: Path) -> list[Doc]:
     """The example app with the sidecar component of ``cluster``, rendered from a scratch dir."""
     work = tmp_path / f"app-{cluster}"
     work.mkdir()
-    shutil.copy(EXAMPLE_APP / "deployment.yaml", work / "deployment.yaml")
+    resources = _kustomization(EXAMPLE_APP)["resources"]
+    for name in resources:
+        shutil.copy(EXAMPLE_APP / name, work / name)
     component = os.path.relpath(DEPLOY / "overlays" / cluster / "sidecar", work)
     (work / "kustomization.yaml").write_text(
         yaml.safe_dump(
             {
                 "apiVersion": "kustomize.config.k8s.io/v1beta1",
                 "kind": "Kustomization",
-                "resources": ["deployment.yaml"],
+                "resources": resources,
                 "components": [component],
             }
         )
@@ -179,6 +190,8 @@ def container_env(
         "status.hostIP": HOST_IP,
         "status.podIP": "10.1.0.9",
         "spec.nodeName": "node-1",
+        # NOTE: the ServiceAccount admission plugin sets it when the pod does not.
+        "spec.serviceAccountName": template["spec"].get("serviceAccountName", "default"),
     }
     env: dict[str, str] = {}
     for source in c.get("envFrom", []):
@@ -262,17 +275,81 @@ esac""",
     return bin_dir, log
 
 
+TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOlsibmF2aWdhdG9yIl19.c2lnbmF0dXJl"
+"""A projected token's shape; only the front-ends read it (with the TokenReview API)."""
+
+
+@functools.cache
+def _pem() -> dict[str, bytes]:
+    """Real PEM files, as Envoy loads them even with ``--mode validate``: a CA, and one
+    certificate (for the node's address and the front-ends' name) with its key."""
+    ca = pki.new_ca("navigator-deploy-test")
+    cert = pki.issue_server(
+        ca, name="navigator-deploy-test", hosts=[HOST_IP, balancer.DEFAULT_FRONTEND_SAN]
+    )
+    return {"ca.crt": ca.cert_pem(), "tls.crt": cert.cert_pem(), "tls.key": cert.key_pem()}
+
+
+def _volume_files(volume: Doc) -> dict[str, bytes]:
+    """What the kubelet puts in ``volume``, with test material: a certificate Secret's three
+    files (as cert-manager writes them; the node's certificate directory too), the mesh CA
+    ConfigMap's ``ca.crt``, a projected service-account token; an emptyDir is empty."""
+    if "secret" in volume or "hostPath" in volume:
+        return dict(_pem())
+    if "configMap" in volume:
+        return {"ca.crt": _pem()["ca.crt"]}
+    if "projected" in volume:
+        return {
+            s["serviceAccountToken"]["path"]: TOKEN.encode()
+            for s in volume["projected"]["sources"]
+            if "serviceAccountToken" in s
+        }
+    assert "emptyDir" in volume, f"unexpected volume {volume}"
+    return {}
+
+
+def _remap(text: str, mounts: dict[str, Path]) -> str:
+    """``text`` with every mount path (a whole path segment, longest first) made scratch."""
+    for mount in sorted(mounts, key=len, reverse=True):
+        where = str(mounts[mount]).replace("\\", "\\\\")
+        text = re.sub(re.escape(mount) + r"(?![\w.-])", where, text)
+    return text
+
+
+def unmapped(path: str, mounts: dict[str, Path]) -> str:
+    """The path in the container of a scratch ``path``."""
+    for mount, where in mounts.items():
+        if path == str(where) or path.startswith(f"{where}/"):
+            return mount + path[len(str(where)) :]
+    raise AssertionError(f"{path} is under no mount of the container")
+
+
 def run_container(
-    c: Doc, env: dict[str, str], bin_dir: Path, tmp_path: Path
+    c: Doc, env: dict[str, str], bin_dir: Path, tmp_path: Path, *, template: Doc | None = None
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Path]]:
-    """Runs a container's command with its env and its volume mounts as scratch directories."""
+    """Runs a container's command with its env and its volume mounts as scratch directories,
+    filled (``_volume_files``) from ``template``'s volumes.
+
+    NOTE: the container sees only its own mounts: the paths in its command line, and in the
+    files of its emptyDir mounts (a config an init container rendered), are made scratch
+    for its mounts only, so a file it reads through a volume it does not mount stays missing.
+    """
+    volumes = {v["name"]: v for v in (template or {}).get("spec", {}).get("volumes", [])}
     mounts = {}
-    argv = command_line(c, env)
     for vm in c.get("volumeMounts", []):
         where = tmp_path / "volumes" / vm["name"]
         where.mkdir(parents=True, exist_ok=True)
         mounts[vm["mountPath"]] = where
-        argv = [a.replace(vm["mountPath"], str(where)) for a in argv]
+        for name, data in _volume_files(volumes.get(vm["name"], {"emptyDir": {}})).items():
+            file = where / name
+            if not file.exists():
+                file.write_bytes(data)
+                file.chmod(0o600 if name.endswith(".key") else 0o644)
+    for vm in c.get("volumeMounts", []):
+        if "emptyDir" in volumes.get(vm["name"], {"emptyDir": {}}):
+            for file in mounts[vm["mountPath"]].iterdir():
+                file.write_text(_remap(file.read_text(), mounts))
+    argv = [_remap(a, mounts) for a in command_line(c, env)]
     if argv[0].startswith("/bin/"):
         argv[0] = Path(argv[0]).name
     path = f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin"
@@ -304,12 +381,85 @@ def test_the_expected_kustomizations_exist() -> None:
     assert components == {"deploy/sidecar", *(f"deploy/overlays/{c}/sidecar" for c in CLUSTERS)}
 
 
+_STRINGS = {"type": "array", "items": {"type": "string", "minLength": 1}}
+_GO_DURATION = {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"}
+_KEY_USAGES = [
+    "signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+    "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any",
+    "server auth", "client auth", "code signing", "email protection", "s/mime",
+    "ipsec end system", "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing",
+    "microsoft sgc", "netscape sgc",
+]  # fmt: skip
+
+
+def _closed(properties: Doc, *required: str) -> Doc:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(required),
+        "additionalProperties": False,
+    }
+
+
+CERTIFICATE_SCHEMA = _closed(
+    {
+        "apiVersion": {"const": "cert-manager.io/v1"},
+        "kind": {"const": "Certificate"},
+        "metadata": _closed({"name": {"type": "string"}, "namespace": {"type": "string"}}, "name"),
+        "spec": _closed(
+            {
+                "secretName": {"type": "string"},
+                "commonName": {"type": "string", "maxLength": 64},
+                "dnsNames": _STRINGS,
+                "ipAddresses": _STRINGS,
+                "duration": _GO_DURATION,
+                "renewBefore": _GO_DURATION,
+                "usages": {"type": "array", "items": {"enum": _KEY_USAGES}},
+                "privateKey": _closed(
+                    {
+                        "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
+                        "encoding": {"enum": ["PKCS1", "PKCS8"]},
+                        "size": {"type": "integer"},
+                        "rotationPolicy": {"enum": ["Never", "Always"]},
+                    }
+                ),
+                "issuerRef": _closed(
+                    {
+                        "name": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "group": {"type": "string"},
+                    },
+                    "name",
+                ),
+            },
+            "secretName",
+            "issuerRef",
+        ),
+    },
+    "apiVersion",
+    "kind",
+    "metadata",
+    "spec",
+)
+"""cert-manager's ``Certificate`` (``cert-manager.io/v1``, cert-manager 1.x), the fields
+``deploy/examples/certificates`` uses, typed as in its CRD: kubernetes-validate has no schema
+for it. Closed objects, so a misspelt or unknown field is refused as the API server would."""
+
+
+def validate(doc: Doc) -> None:
+    """Against Kubernetes 1.32's schemas (strict), or ``CERTIFICATE_SCHEMA``."""
+    if doc["apiVersion"].startswith("cert-manager.io/"):
+        jsonschema.Draft7Validator(CERTIFICATE_SCHEMA).validate(doc)
+    else:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
 @pytest.mark.parametrize("directory", _kustomize_dirs("Kustomization"), ids=_rel)
 def test_every_kustomization_renders_valid_kubernetes_objects(directory: Path) -> None:
     docs = render(directory)
     assert docs, f"{_rel(directory)} renders nothing"
     for doc in docs:
-        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        validate(doc)
 
 
 @pytest.mark.parametrize("cluster", CLUSTERS)
@@ -317,8 +467,9 @@ def test_each_clusters_sidecar_renders_onto_an_app(
     cluster: str, apps: dict[str, list[Doc]]
 ) -> None:
     docs = apps[cluster]
-    assert [d["kind"] for d in docs] == ["Deployment"]
-    kubernetes_validate.validate(docs[0], KUBERNETES_VERSION, strict=True)
+    assert [d["kind"] for d in docs] == ["ServiceAccount", "Deployment"]
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
 def test_the_validator_refuses_a_malformed_object() -> None:
@@ -331,6 +482,21 @@ def test_the_validator_refuses_a_malformed_object() -> None:
     }
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(bad, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_certificate_schema_refuses_a_misspelt_field() -> None:
+    (good, *_) = render(DEPLOY / "examples" / "certificates")
+    validate(good)
+    for path, value in (
+        (("spec", "dnsName"), ["x"]),
+        (("spec", "privateKey", "encoding"), "pkcs8"),
+        (("spec", "usages"), ["client-auth"]),
+        (("spec", "duration"), "90d"),
+    ):
+        bad = copy.deepcopy(good)
+        functools.reduce(lambda d, k: d[k], path[:-1], bad)[path[-1]] = value
+        with pytest.raises(jsonschema.ValidationError):
+            validate(bad)
 
 
 def _reachable(directory: Path, seen: set[Path]) -> None:
@@ -412,10 +578,36 @@ def test_every_member_id_names_its_cluster(cluster: str) -> None:
     )
 
 
-# --- 3. RBAC --------------------------------------------------------------------------------
+# --- 3. RBAC: least privilege per component ------------------------------------------------
 
-READ_VERBS = {"get", "list", "watch"}
-WATCHER_SA = "navigator-watcher"
+Grant = tuple[str, str, str]
+"""(API group, resource, verb)."""
+
+# NOTE: the informer lists (GET on the collection) and watches, never GETs one object.
+WATCHER_GRANTS = frozenset(
+    (r.group, r.plural, verb) for r in informer.RESOURCES for verb in ("list", "watch")
+)
+ACCESS: dict[str, frozenset[Grant] | None] = {
+    "navigator-watcher": WATCHER_GRANTS,
+    # NOTE: navigator.tokenreview's one call, create_token_review (--authn token).
+    "navigator-xds": frozenset({("authentication.k8s.io", "tokenreviews", "create")}),
+    "navigator-translator": None,
+    "navigator-balancer": None,
+}
+"""What each component's ServiceAccount (named after its workload) may do with the
+Kubernetes API; None: it gets no token at all."""
+
+ETCD_USERS = {
+    "navigator-watcher": auth.WATCHER,
+    "navigator-translator": auth.TRANSLATOR,
+    "navigator-xds": auth.XDS,
+}
+"""The etcd user (its client certificate's CN) of each component that talks to etcd."""
+
+
+def etcd_secret(component: str) -> str:
+    """The Secret of a component's etcd client certificate: ``navigator-etcd-watcher``..."""
+    return f"navigator-etcd-{component.removeprefix('navigator-')}"
 
 
 @pytest.fixture(scope="module", params=CLUSTERS)
@@ -423,47 +615,197 @@ def control_plane(request: pytest.FixtureRequest) -> list[Doc]:
     return render(DEPLOY / "overlays" / request.param)
 
 
-def test_the_watcher_may_read_exactly_the_kinds_it_watches(control_plane: list[Doc]) -> None:
-    roles = [d for d in control_plane if d["kind"] in ("ClusterRole", "Role")]
-    assert [r["metadata"]["name"] for r in roles] == ["navigator-watcher"]
-    granted: set[tuple[str, str]] = set()
-    for rule in roles[0]["rules"]:
-        assert set(rule) == {"apiGroups", "resources", "verbs"}, "no resourceNames, no URLs"
-        assert set(rule["verbs"]) <= READ_VERBS
-        # NOTE: the informer lists (GET on the collection) and watches, never GETs one object.
-        assert set(rule["verbs"]) == {"list", "watch"}
-        for field in ("apiGroups", "resources", "verbs"):
-            assert not any("*" in v for v in rule[field]), f"wildcard in {field}"
-        granted |= {(g, r) for g in rule["apiGroups"] for r in rule["resources"]}
-    assert granted == {(r.group, r.plural) for r in informer.RESOURCES}
+def _roles(docs: list[Doc]) -> list[Doc]:
+    return [d for d in docs if d["kind"] in ("ClusterRole", "Role")]
 
 
-def test_only_the_watcher_is_bound_and_only_it_gets_a_token(control_plane: list[Doc]) -> None:
-    bindings = [d for d in control_plane if d["kind"] in ("ClusterRoleBinding", "RoleBinding")]
-    assert len(bindings) == 1
-    assert bindings[0]["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "ClusterRole",
-        "name": "navigator-watcher",
-    }
-    assert bindings[0]["subjects"] == [
-        {"kind": "ServiceAccount", "name": WATCHER_SA, "namespace": NAMESPACE}
-    ]
-    accounts = {d["metadata"]["name"]: d for d in control_plane if d["kind"] == "ServiceAccount"}
-    assert set(accounts) == {
-        "navigator-watcher",
-        "navigator-translator",
-        "navigator-xds",
-        "navigator-balancer",
-    }
-    for name, account in accounts.items():
-        assert account.get("automountServiceAccountToken") is (name == WATCHER_SA), name
+def _bindings(docs: list[Doc]) -> list[Doc]:
+    return [d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")]
+
+
+def grants(docs: list[Doc], account: str) -> set[Grant]:
+    """Everything the bindings of ``docs`` give the ServiceAccount ``account``; a role they
+    refer to that ``docs`` do not define (a built-in one: cluster-admin, edit...) counts as
+    every verb on everything."""
+    subject = {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
+    out: set[Grant] = set()
+    for binding in _bindings(docs):
+        if subject not in binding.get("subjects", []):
+            continue
+        ref = binding["roleRef"]
+        roles = [
+            r
+            for r in _roles(docs)
+            if (r["kind"], r["metadata"]["name"]) == (ref["kind"], ref["name"])
+        ]
+        if not roles:
+            out.add(("*", "*", f"* (the role {ref['kind']} {ref['name']})"))
+        for role in roles:
+            for rule in role.get("rules", []):
+                for group in rule.get("apiGroups", ["*"]):
+                    for resource in rule.get("resources", ["*"]):
+                        out |= {(group, resource, verb) for verb in rule["verbs"]}
+    return out
+
+
+@pytest.mark.parametrize("account", sorted(ACCESS))
+def test_each_component_may_do_exactly_what_its_code_needs(
+    control_plane: list[Doc], account: str
+) -> None:
+    assert grants(control_plane, account) == (ACCESS[account] or set())
+
+
+@pytest.mark.parametrize("account", sorted(ACCESS))
+def test_only_the_components_that_call_the_api_get_a_token(
+    control_plane: list[Doc], account: str
+) -> None:
+    wants_token = ACCESS[account] is not None
+    service_account = find(control_plane, "ServiceAccount", account)
+    assert service_account.get("automountServiceAccountToken") is wants_token
+    (template,) = [t for w, t in pod_templates(control_plane) if w["metadata"]["name"] == account]
+    spec = template["spec"]
+    assert spec["serviceAccountName"] == account
+    # NOTE: said in the pod too: a pod's own setting wins over its ServiceAccount's.
+    assert spec.get("automountServiceAccountToken") is wants_token
+    projected = [v for v in spec.get("volumes", []) if "projected" in v]
+    assert projected == [], "no token by another way either"
+
+
+def test_every_workload_runs_as_its_own_service_account(control_plane: list[Doc]) -> None:
+    accounts = {d["metadata"]["name"] for d in control_plane if d["kind"] == "ServiceAccount"}
+    assert accounts == set(ACCESS)
+    running = [t["spec"]["serviceAccountName"] for _, t in pod_templates(control_plane)]
+    assert sorted(running) == sorted(ACCESS), "one workload per ServiceAccount"
     for workload, template in pod_templates(control_plane):
-        spec = template["spec"]
-        assert spec["serviceAccountName"] in accounts, workload["metadata"]["name"]
-        assert spec.get("automountServiceAccountToken") is (
-            spec["serviceAccountName"] == WATCHER_SA
-        )
+        assert template["spec"]["serviceAccountName"] == workload["metadata"]["name"]
+
+
+def test_no_rule_has_a_wildcard_secrets_or_a_way_to_escalate(control_plane: list[Doc]) -> None:
+    roles = _roles(control_plane)
+    assert {r["metadata"]["name"] for r in roles} == {a for a, g in ACCESS.items() if g}
+    for role in roles:
+        name = role["metadata"]["name"]
+        assert "aggregationRule" not in role, name
+        for rule in role["rules"]:
+            assert set(rule) == {"apiGroups", "resources", "verbs"}, (
+                f"{name}: no resourceNames, no nonResourceURLs"
+            )
+            for field in ("apiGroups", "resources", "verbs"):
+                assert not any("*" in v for v in rule[field]), f"{name}: wildcard in {field}"
+            assert not {"secrets", "serviceaccounts/token"} & set(rule["resources"]), name
+            assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), name
+
+
+def test_every_binding_binds_a_components_own_role_to_its_own_account(
+    control_plane: list[Doc],
+) -> None:
+    bindings = _bindings(control_plane)
+    assert {b["metadata"]["name"] for b in bindings} == {a for a, g in ACCESS.items() if g}
+    defined = {(r["kind"], r["metadata"]["name"]) for r in _roles(control_plane)}
+    for binding in bindings:
+        name = binding["metadata"]["name"]
+        assert binding["kind"] == "ClusterRoleBinding", name
+        # NOTE: the role of the same name, defined here: never cluster-admin or another
+        # built-in role, never another component's.
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": name,
+        }
+        assert ("ClusterRole", name) in defined
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}
+        ]
+
+
+def _rule(docs: list[Doc], role: str, index: int = 0) -> Doc:
+    rule: Doc = find(docs, "ClusterRole", role)["rules"][index]
+    return rule
+
+
+def _subjects(docs: list[Doc], binding: str) -> list[Doc]:
+    subjects: list[Doc] = find(docs, "ClusterRoleBinding", binding)["subjects"]
+    return subjects
+
+
+def _bind_translator(docs: list[Doc]) -> None:
+    _subjects(docs, "navigator-xds").append(
+        {"kind": "ServiceAccount", "name": "navigator-translator", "namespace": NAMESPACE}
+    )
+
+
+# NOTE: kustomize's namespace transformer already puts every ServiceAccount subject in
+# navigator-system, so some of these cannot come out of deploy/ as it is written; the
+# checks hold for what is applied, whatever the kustomization.
+BREAKAGES = [
+    pytest.param(
+        lambda d: _rule(d, "navigator-watcher")["verbs"].append("get"),
+        lambda d: test_each_component_may_do_exactly_what_its_code_needs(d, "navigator-watcher"),
+        id="watcher-may-get",
+    ),
+    pytest.param(
+        lambda d: _rule(d, "navigator-watcher")["resources"].append("pods"),
+        lambda d: test_each_component_may_do_exactly_what_its_code_needs(d, "navigator-watcher"),
+        id="watcher-reads-more",
+    ),
+    pytest.param(
+        lambda d: _rule(d, "navigator-xds")["verbs"].append("list"),
+        lambda d: test_each_component_may_do_exactly_what_its_code_needs(d, "navigator-xds"),
+        id="front-end-lists-reviews",
+    ),
+    pytest.param(
+        _bind_translator,
+        lambda d: test_each_component_may_do_exactly_what_its_code_needs(d, "navigator-translator"),
+        id="translator-bound",
+    ),
+    pytest.param(
+        lambda d: find(d, "ServiceAccount", "navigator-balancer").update(
+            automountServiceAccountToken=True
+        ),
+        lambda d: test_only_the_components_that_call_the_api_get_a_token(d, "navigator-balancer"),
+        id="balancer-token",
+    ),
+    pytest.param(
+        lambda d: _rule(d, "navigator-xds")["resources"].append("*"),
+        test_no_rule_has_a_wildcard_secrets_or_a_way_to_escalate,
+        id="wildcard-resource",
+    ),
+    pytest.param(
+        lambda d: _rule(d, "navigator-watcher")["resources"].append("secrets"),
+        test_no_rule_has_a_wildcard_secrets_or_a_way_to_escalate,
+        id="secrets",
+    ),
+    pytest.param(
+        lambda d: find(d, "ClusterRoleBinding", "navigator-xds")["roleRef"].update(
+            name="cluster-admin"
+        ),
+        test_every_binding_binds_a_components_own_role_to_its_own_account,
+        id="cluster-admin",
+    ),
+    pytest.param(
+        lambda d: _subjects(d, "navigator-watcher")[0].update(namespace="default"),
+        test_every_binding_binds_a_components_own_role_to_its_own_account,
+        id="subject-in-another-namespace",
+    ),
+    pytest.param(
+        _bind_translator,
+        test_every_binding_binds_a_components_own_role_to_its_own_account,
+        id="subject-of-another-component",
+    ),
+]
+
+
+@pytest.mark.parametrize(("breakage", "check"), BREAKAGES)
+def test_the_rbac_checks_can_fail(
+    control_plane: list[Doc],
+    breakage: Callable[[list[Doc]], None],
+    check: Callable[[list[Doc]], None],
+) -> None:
+    """Each way a manifest could grant too much is seen by the checks above."""
+    broken = copy.deepcopy(control_plane)
+    breakage(broken)
+    with pytest.raises(AssertionError):
+        check(broken)
 
 
 def test_the_watcher_uses_its_in_cluster_service_account(control_plane: list[Doc]) -> None:
@@ -472,7 +814,182 @@ def test_the_watcher_uses_its_in_cluster_service_account(control_plane: list[Doc
     c = container(template, "watcher")
     argv = command_line(c, container_env(c, control_plane, template))
     assert not any(a.startswith("--kubeconfig") for a in argv)
-    assert template["spec"]["serviceAccountName"] == WATCHER_SA
+    assert template["spec"]["serviceAccountName"] == "navigator-watcher"
+
+
+# --- 3b. certificates: etcd per component, TLS to and from the front-ends --------------------
+
+
+def mounted(template: Doc, c: Doc, path: str) -> Doc:
+    """The volume that ``path`` is read from in container ``c`` (its longest mount prefix)."""
+    found = [
+        vm for vm in c.get("volumeMounts", []) if path.startswith(vm["mountPath"].rstrip("/") + "/")
+    ]
+    assert found, f"{path} is on no volume of {c['name']}"
+    vm = max(found, key=lambda m: len(m["mountPath"]))
+    assert vm.get("readOnly") is True, f"{vm['name']} is mounted read-write"
+    assert "subPath" not in vm, "a subPath mount is not updated on renewal"
+    volumes: list[Doc] = [v for v in template["spec"]["volumes"] if v["name"] == vm["name"]]
+    (volume,) = volumes
+    return volume
+
+
+def etcd_flag(argv: list[str], env: dict[str, str], name: str) -> str:
+    """``--etcd-NAME`` as the command takes it: the flag, else ``$NAVIGATOR_ETCD_NAME``."""
+    given = [a.split("=", 1)[1] for a in argv if a.startswith(f"--etcd-{name}=")]
+    return given[-1] if given else env[f"NAVIGATOR_ETCD_{name.upper()}"]
+
+
+def _certificates() -> dict[str, Doc]:
+    """The example cert-manager Certificates, by the Secret each one writes."""
+    docs = render(DEPLOY / "examples" / "certificates")
+    return {d["spec"]["secretName"]: d for d in docs if d["kind"] == "Certificate"}
+
+
+def test_each_component_mounts_only_its_own_etcd_certificate(control_plane: list[Doc]) -> None:
+    clients = set()
+    for workload, template in pod_templates(control_plane):
+        name = workload["metadata"]["name"]
+        etcd_secrets = {
+            v["secret"]["secretName"]
+            for v in template["spec"].get("volumes", [])
+            if "secret" in v and v["secret"]["secretName"].startswith("navigator-etcd")
+        }
+        if name not in ETCD_USERS:
+            assert etcd_secrets == set(), f"{name} does not talk to etcd"
+            continue
+        own = etcd_secret(name)
+        assert etcd_secrets == {own}, name
+        for c in template["spec"]["containers"]:
+            env = container_env(c, control_plane, template)
+            argv = command_line(c, env)
+            if argv[0] != "navigator":
+                continue
+            clients.add(name)
+            for part in ("ca", "cert", "key"):
+                volume = mounted(template, c, etcd_flag(argv, env, part))
+                assert volume.get("secret", {}).get("secretName") == own, (name, part)
+    assert clients == set(ETCD_USERS)
+
+
+def test_each_etcd_certificate_names_its_components_etcd_user() -> None:
+    """The Secret a component mounts is issued with its etcd user as CN, for client auth."""
+    certificates = _certificates()
+    assert set(ETCD_USERS.values()) == {r.name for r in auth.ROLES}, "a user per role"
+    issuers = set()
+    for component, user in ETCD_USERS.items():
+        cert = certificates[etcd_secret(component)]
+        assert cert["spec"]["commonName"] == user
+        assert "client auth" in cert["spec"]["usages"]
+        assert "server auth" not in cert["spec"]["usages"]
+        assert not {"dnsNames", "ipAddresses"} & set(cert["spec"])
+        issuers.add(cert["spec"]["issuerRef"]["name"])
+    (etcd_issuer,) = issuers
+    mesh = {
+        c["spec"]["issuerRef"]["name"]
+        for s, c in certificates.items()
+        if not s.startswith("navigator-etcd-")
+    }
+    assert etcd_issuer not in mesh, "no mesh certificate is an etcd identity"
+
+
+def _config_map(volume: Doc) -> str:
+    return str(volume.get("configMap", {}).get("name"))
+
+
+def _secret(volume: Doc) -> str:
+    return str(volume.get("secret", {}).get("secretName"))
+
+
+MESH_CA = "navigator-mesh-ca"
+"""The ConfigMap of the mesh CA (key ca.crt), in navigator-system and every app namespace."""
+
+
+def _token_sources(template: Doc) -> list[Doc]:
+    """The projected service-account tokens of a pod template's volumes."""
+    return [
+        s["serviceAccountToken"]
+        for v in template["spec"].get("volumes", [])
+        if "projected" in v
+        for s in v["projected"]["sources"]
+        if "serviceAccountToken" in s
+    ]
+
+
+def test_the_front_ends_take_only_balancers_and_authenticated_sidecars(
+    control_plane: list[Doc], apps: dict[str, list[Doc]]
+) -> None:
+    _, template = _workload(control_plane, "DaemonSet", "navigator-xds")
+    c = container(template, "xds")
+    argv = _argv(control_plane, template, "xds")
+    assert flag(argv, "authn") == "token"
+    cluster = find_generated(control_plane, "ConfigMap", "navigator-cluster")["data"][
+        "NAVIGATOR_CLUSTER"
+    ]
+    # NOTE: its own cluster's sidecars, through its own service account (the tokenreviews grant).
+    assert flag(argv, "review-in-cluster") == cluster
+    assert not any(a.startswith("--review-kubeconfig") for a in argv)
+    for app_docs in apps.values():
+        (token,) = _token_sources(app_deployment(app_docs)["spec"]["template"])
+        assert flag(argv, "token-audience") == token["audience"]
+    assert _secret(mounted(template, c, flag(argv, "tls-cert"))) == "navigator-xds-tls"
+    assert _secret(mounted(template, c, flag(argv, "tls-key"))) == "navigator-xds-tls"
+    assert _config_map(mounted(template, c, flag(argv, "tls-client-ca"))) == MESH_CA
+
+
+def script_flags(c: Doc, command: str) -> dict[str, str]:
+    """The ``--name=value`` options of ``navigator COMMAND`` in a container's shell script."""
+    words = shlex.split(c["args"][0].replace("\\\n", " "))
+    start = words.index(command)
+    assert words[start - 1] == "navigator"
+    args = words[start + 1 : words.index(">", start)]
+    return dict(a.removeprefix("--").split("=", 1) for a in args if a.startswith("--"))
+
+
+def _balancer_flags(template: Doc) -> dict[str, str]:
+    return script_flags(container(template, "config", init=True), "balancer-config")
+
+
+def test_the_balancer_serves_its_nodes_certificate_and_shows_its_own_to_the_front_ends(
+    control_plane: list[Doc],
+) -> None:
+    _, template = _workload(control_plane, "DaemonSet", "navigator-balancer")
+    flags = _balancer_flags(template)
+    envoy = container(template, "envoy")  # NOTE: Envoy reads the files, not the init container.
+    for name in ("tls-cert", "tls-key"):
+        volume = mounted(template, envoy, flags[name])
+        assert volume["hostPath"] == {"path": "/etc/navigator/balancer-tls", "type": "Directory"}
+    assert _config_map(mounted(template, envoy, flags["frontend-ca"])) == MESH_CA
+    for name in ("client-cert", "client-key"):
+        assert _secret(mounted(template, envoy, flags[name])) == "navigator-balancer-client"
+    certificates = _certificates()
+    frontend = certificates["navigator-xds-tls"]["spec"]
+    assert flags["frontend-san"] == balancer.DEFAULT_FRONTEND_SAN
+    assert flags["frontend-san"] in frontend["dnsNames"]
+    assert "server auth" in frontend["usages"]
+    host = balancer.Frontend.parse(flags["frontend"]).host
+    assert host in frontend["dnsNames"], "the name the balancer dials"
+    client = certificates["navigator-balancer-client"]["spec"]
+    assert "client auth" in client["usages"]
+    assert client["issuerRef"] == frontend["issuerRef"], "one mesh CA"
+
+
+def test_every_secret_is_readable_by_the_containers_that_mount_it(
+    control_plane: list[Doc],
+) -> None:
+    """Secret files are not world-readable (0440: root's and the pod's fsGroup's), so the
+    non-root pods that mount one read it through their fsGroup."""
+    checked = 0
+    for workload, template in pod_templates(control_plane):
+        spec = template["spec"]
+        for volume in spec.get("volumes", []):
+            if "secret" not in volume:
+                continue
+            checked += 1
+            assert volume["secret"].get("defaultMode") == 0o440, volume["name"]
+            assert spec["securityContext"]["runAsNonRoot"] is True
+            assert "fsGroup" in spec["securityContext"], workload["metadata"]["name"]
+    assert checked == 5, "3 etcd Secrets, the front-ends' TLS, the balancers' client"
 
 
 # --- 4. CRDs: schemas against the code ------------------------------------------------------
@@ -1034,7 +1551,8 @@ def test_every_etcd_client_gets_the_endpoints_and_the_client_tls(control_plane: 
             (vm,) = [v for v in c["volumeMounts"] if v["mountPath"] == mount.rstrip("/")]
             assert vm["readOnly"] is True
             (volume,) = [v for v in template["spec"]["volumes"] if v["name"] == vm["name"]]
-            assert volume["secret"]["secretName"] == "navigator-etcd-client"
+            # NOTE: the same paths in every pod, each pod's own component's Secret there.
+            assert _secret(volume) == etcd_secret(workload["metadata"]["name"])
     assert clients == 3
 
 
@@ -1056,17 +1574,43 @@ def test_the_balancer_config_renders_and_envoy_accepts_it(
 ) -> None:
     workload, template = _workload(control_plane, "DaemonSet", "navigator-balancer")
     init = container(template, "config", init=True)
-    done, mounts = run_container(
-        init, container_env(init, control_plane, template), toolbox[0], tmp_path
+    done, _ = run_container(
+        init, container_env(init, control_plane, template), toolbox[0], tmp_path, template=template
     )
     assert done.returncode == 0, done.stderr
     envoy = container(template, "envoy")
-    done, _ = run_container(
-        envoy, container_env(envoy, control_plane, template), toolbox[0], tmp_path
+    done, mounts = run_container(
+        envoy,
+        container_env(envoy, control_plane, template),
+        toolbox[0],
+        tmp_path,
+        template=template,
     )
-    assert done.returncode == 0, done.stderr  # envoy --mode validate with the container's args
-    (config_dir,) = {mounts[vm["mountPath"]] for vm in envoy["volumeMounts"]}
-    config = json.loads((config_dir / "envoy.json").read_text())
+    # NOTE: envoy --mode validate, with the container's args, loads every certificate and key
+    # from the envoy container's own mounts.
+    assert done.returncode == 0, done.stderr
+    config_path = envoy["args"][envoy["args"].index("--config-path") + 1]
+    config = json.loads(Path(_remap(config_path, mounts)).read_text())
+
+    flags = _balancer_flags(template)
+    tls_files = {
+        flags[f] for f in ("tls-cert", "tls-key", "frontend-ca", "client-cert", "client-key")
+    }
+    assert {unmapped(f, mounts) for f in _filenames(config)} == tls_files
+    by_name = {ln["name"]: ln for ln in config["static_resources"]["listeners"]}
+    (chain,) = by_name["xds"]["filter_chains"]
+    downstream = chain["transport_socket"]["typed_config"]
+    assert downstream["@type"].endswith(".DownstreamTlsContext"), "sidecars reach it over TLS"
+    (frontends,) = [
+        c for c in config["static_resources"]["clusters"] if c["name"] == balancer.XDS_CLUSTER
+    ]
+    upstream = frontends["transport_socket"]["typed_config"]
+    assert upstream["sni"] == flags["frontend-san"]
+    common = upstream["common_tls_context"]
+    assert common["validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "DNS", "matcher": {"exact": flags["frontend-san"]}}
+    ]
+    assert common["tls_certificates"], "it shows its client certificate"
     listeners = {
         ln["name"]: (
             ln["address"]["socket_address"]["address"],
@@ -1086,13 +1630,27 @@ def test_the_balancer_config_renders_and_envoy_accepts_it(
         assert envoy[probe]["httpGet"] == {"path": "/ready", "port": metrics}
 
 
+def _filenames(config: Any) -> set[str]:
+    """Every file an Envoy config reads (its ``filename`` data sources)."""
+    if isinstance(config, dict):
+        found = {config["filename"]} if isinstance(config.get("filename"), str) else set()
+        return found.union(*(_filenames(v) for v in config.values()))
+    if isinstance(config, list):
+        return set().union(*(_filenames(v) for v in config))
+    return set()
+
+
 # --- 6. the sidecar template ----------------------------------------------------------------
 
 
 @pytest.fixture(params=CLUSTERS)
 def app(request: pytest.FixtureRequest, apps: dict[str, list[Doc]]) -> tuple[str, Doc]:
-    (deployment,) = copy.deepcopy(apps[request.param])
-    return request.param, deployment
+    return request.param, copy.deepcopy(app_deployment(apps[request.param]))
+
+
+def app_deployment(docs: list[Doc]) -> Doc:
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    return deployment
 
 
 def _sidecar_env(deployment: Doc, name: str, **labels: str) -> dict[str, str]:
@@ -1136,7 +1694,7 @@ def test_the_sidecars_name_their_cluster_and_its_own_clusterip_ranges(
 ) -> None:
     ranges = {}
     for cluster in CLUSTERS:
-        (deployment,) = apps[cluster]
+        deployment = app_deployment(apps[cluster])
         env = _sidecar_env(deployment, "navigator-proxy")
         control_plane = render(DEPLOY / "overlays" / cluster)
         name = find_generated(control_plane, "ConfigMap", "navigator-cluster")["data"][
@@ -1179,6 +1737,50 @@ def test_the_sidecar_reads_the_zone_labels_the_watcher_reads(app: tuple[str, Doc
     assert refs["POD_NAME"] == "metadata.name"
     # NOTE: without the labels, the front-end places the sidecar by its node.
     assert refs["NODE_NAME"] == "spec.nodeName"
+    # NOTE: the app is the pod's service account, what the front-ends authorize.
+    assert refs["NAVIGATOR_APP"] == "spec.serviceAccountName"
+
+
+def test_the_example_app_runs_as_the_service_account_named_after_it(
+    apps: dict[str, list[Doc]],
+) -> None:
+    docs = apps["east"]
+    account = find(docs, "ServiceAccount", "web")
+    deployment = app_deployment(docs)
+    assert account["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "web"
+    nexuses = [d for d in _examples() if d["kind"] == "Nexus"]
+    assert "web" in {n["spec"]["appName"] for n in nexuses}, "the app of the example Nexus"
+
+
+def test_the_sidecar_proves_its_service_account_with_a_projected_token_over_tls(
+    app: tuple[str, Doc], control_plane: list[Doc]
+) -> None:
+    _, deployment = app
+    template = deployment["spec"]["template"]
+    (token,) = _token_sources(template)
+    assert token["audience"] == "navigator"
+    assert token["expirationSeconds"] == 3600
+    proxy = container(template, "navigator-proxy", init=True)
+    flags = script_flags(proxy, "bootstrap")
+    (volume,) = [v for v in template["spec"]["volumes"] if "projected" in v]
+    assert mounted(template, proxy, flags["token-file"]) == volume
+    (vm,) = [m for m in proxy["volumeMounts"] if m["name"] == volume["name"]]
+    assert flags["token-file"] == f"{vm['mountPath']}/{token['path']}"
+    # NOTE: only the Envoy holds the token: not the redirect, not the app's containers.
+    spec = template["spec"]
+    others = [c for c in [*spec["containers"], *spec["initContainers"]] if c is not proxy]
+    assert others, "the app's containers are there"
+    for c in others:
+        assert volume["name"] not in {m["name"] for m in c.get("volumeMounts", [])}, c["name"]
+    # NOTE: the balancer's certificate is checked against the mesh CA, the same ConfigMap
+    # (in the app's namespace) as the control plane's.
+    assert _config_map(mounted(template, proxy, flags["xds-ca"])) == MESH_CA
+    _, xds = _workload(control_plane, "DaemonSet", "navigator-xds")
+    xds_argv = _argv(control_plane, xds, "xds")
+    assert _config_map(mounted(xds, container(xds, "xds"), flag(xds_argv, "tls-client-ca"))) == (
+        MESH_CA
+    )
 
 
 @pytest.mark.parametrize(
@@ -1204,14 +1806,18 @@ def test_the_sidecar_bootstrap_renders_and_envoy_accepts_it(
     template["metadata"]["labels"].update(labels)
     proxy = container(template, "navigator-proxy", init=True)
     env = container_env(proxy, [], template, pod_name="web-7d9f-x2x4q", namespace="web")
-    done, mounts = run_container(proxy, env, toolbox[0], tmp_path)
-    assert done.returncode == 0, done.stderr  # ends in envoy --mode validate
-    (config_dir,) = mounts.values()
-    config = json.loads((config_dir / "envoy.json").read_text())
+    done, mounts = run_container(proxy, env, toolbox[0], tmp_path, template=template)
+    # NOTE: ends in envoy --mode validate, which loads the mesh CA and the token's file.
+    assert done.returncode == 0, done.stderr
+    flags = script_flags(proxy, "bootstrap")
+    config_file = re.search(r"> (\S+)", proxy["args"][0])
+    assert config_file
+    config = json.loads(Path(_remap(config_file.group(1), mounts)).read_text())
 
     node = config["node"]
     assert node["id"] == "web-7d9f-x2x4q.web"
-    assert node["cluster"] == template["metadata"]["labels"]["navigator.avito.ru/app"]
+    # NOTE: the app is the pod's service account (the front-ends serve it that app only).
+    assert node["cluster"] == template["spec"]["serviceAccountName"] == "web"
     # NOTE: what the front-end picks the app snapshot by (other metadata may be added).
     assert (node["metadata"]["app"], node["metadata"]["k8s_cluster"]) == ("web", cluster)
     assert node["locality"].get("zone", "") == (zone or "")
@@ -1240,17 +1846,31 @@ def test_the_sidecar_bootstrap_renders_and_envoy_accepts_it(
         "address": HOST_IP,
         "port_value": bootstrap.DEFAULT_XDS_PORT,
     }
+    # NOTE: TLS to the node's address (what the balancer's node certificate must name),
+    # checked against the mesh CA, with the token file on every stream.
+    (service,) = config["dynamic_resources"]["ads_config"]["grpc_services"]
+    google = service["google_grpc"]
+    assert google["target_uri"] == f"{HOST_IP}:{bootstrap.DEFAULT_XDS_PORT}"
+    root_certs = google["channel_credentials"]["ssl_credentials"]["root_certs"]["filename"]
+    assert unmapped(root_certs, mounts) == flags["xds-ca"]
+    (call,) = google["call_credentials"]
+    token_file = call["from_plugin"]["typed_config"]["secret_data"]["filename"]
+    assert unmapped(token_file, mounts) == flags["token-file"]
+    assert Path(token_file).read_text() == TOKEN
 
 
-def test_the_sidecar_refuses_to_start_without_an_app_label(
+def test_the_sidecar_refuses_to_start_as_the_default_service_account(
     app: tuple[str, Doc], toolbox: tuple[Path, Path], tmp_path: Path
 ) -> None:
     template = copy.deepcopy(app[1]["spec"]["template"])
-    del template["metadata"]["labels"]["navigator.avito.ru/app"]
+    del template["spec"]["serviceAccountName"]
     proxy = container(template, "navigator-proxy", init=True)
-    done, _ = run_container(proxy, container_env(proxy, [], template), toolbox[0], tmp_path)
-    assert done.returncode != 0
-    assert "required" in done.stderr
+    env = container_env(proxy, [], template)
+    assert env["NAVIGATOR_APP"] == "default"
+    done, _ = run_container(proxy, env, toolbox[0], tmp_path, template=template)
+    assert done.returncode == 2
+    assert "service account 'default'" in done.stderr
+    assert not list((tmp_path / "volumes" / "navigator-envoy").iterdir()), "no bootstrap"
 
 
 def test_the_redirect_sends_the_clusterip_ranges_to_the_outbound_listener(
