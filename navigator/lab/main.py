@@ -690,8 +690,10 @@ class Lab:
             raise LabError(f"no token for {namespace}/{name} from {cluster}'s API")
         self.tokens.mkdir(parents=True, exist_ok=True)
         path = self.tokens / node_id
-        path.write_text(token)
-        path.chmod(0o600)
+        # NOTE: created 0600, never readable by others in between (as the kubelet's files).
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
         return path
 
     def _frontend_security(self) -> list[str]:
