@@ -184,8 +184,12 @@ class KubeApiServer:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
+        # NOTE: request lines and headers up to 1 MiB, as Kubernetes (Go's DefaultMaxHeaderBytes);
+        # aiohttp's 8 KiB would refuse a long selector before our handler (no Status, an
+        # ERROR log).
         self._runner = web.AppRunner(self._api_app(), handler_cancellation=True,
-                                     access_log=None, shutdown_timeout=1.0)
+                                     access_log=None, shutdown_timeout=1.0,
+                                     max_line_size=1 << 20, max_field_size=1 << 20)
         await self._runner.setup()
         await self._listen()
         if self.control_port is not None:
