@@ -202,7 +202,9 @@ class TokenAuthenticator:
             )
         found = await self._reviewed(node.k8s_cluster, reviewer, token)
         if isinstance(found, Denied):
-            raise found
+            # NOTE: a fresh exception per stream: the cached one must not carry (and keep
+            # alive) the traceback of the stream that raised it last.
+            raise Denied(found.code, found.reason, found.message)
         if not found.allows(node.app):
             raise Denied(
                 grpc.StatusCode.PERMISSION_DENIED,
