@@ -54,6 +54,29 @@ class Options:
     keep: bool = False
 
 
+async def write_recorded(
+    truth: history.Truth, change: Callable[[], None], service: str, cluster: str, ips: list[str]
+) -> None:
+    """Runs ``change`` (a synchronous API write) in a thread and records ``ips`` as the truth
+    of ``service`` in ``cluster`` once it has landed.
+
+    NOTE: a cancelled caller cannot stop the thread, so a write under way when the churn stops
+    still lands: it is awaited and recorded before the cancellation goes on. Unrecorded, the
+    API's last state was missing from the truth, and the mesh, right to follow it, was judged
+    stale (I2) and its endpoints ghosts (I4) or a step backwards (I5).
+    """
+    sent = time.monotonic()
+    write = asyncio.ensure_future(asyncio.to_thread(change))
+    try:
+        await asyncio.shield(write)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await write
+            truth.record(service, cluster, ips, sent)
+        raise
+    truth.record(service, cluster, ips, sent)
+
+
 class Run:
     def __init__(self, lab: lab_main.Lab, options: Options) -> None:
         self.lab = lab
@@ -77,6 +100,7 @@ class Run:
         self.pools: dict[str, list[str]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._churn: asyncio.Task[None] | None = None
+        self._churn_stop = asyncio.Event()
         self._apis: dict[str, Any] = {}
 
     # -- marks -------------------------------------------------------------------------------
@@ -129,10 +153,15 @@ class Run:
             ]
             api.replace_namespaced_endpoints(name, namespace, eps)
 
-        sent = time.monotonic()
-        # NOTE: the official client is synchronous: off the loop, so recorders keep recording.
-        await asyncio.to_thread(change)
-        self.truth.record(f"{namespace}/{name}", cluster, ips, sent)
+        await write_recorded(self.truth, change, f"{namespace}/{name}", cluster, ips)
+
+    async def reread(self, cluster: str, namespace: str, name: str) -> None:
+        """Records the API's endpoints of one object when they differ from the truth's latest:
+        a write that failed on its answer may still have landed."""
+        eps = await asyncio.to_thread(self.api(cluster).read_namespaced_endpoints, name, namespace)
+        ips = sorted(a.ip for s in eps.subsets or [] for a in s.addresses or [])
+        if frozenset(ips) != self.truth.latest(f"{namespace}/{name}", cluster):
+            self.truth.record(f"{namespace}/{name}", cluster, ips, time.monotonic())
 
     async def _prepare_pool(self, cluster: str) -> None:
         """The churned service's pods in ``cluster`` plus EXTRA_PODS new ones, all serving."""
@@ -172,9 +201,11 @@ class Run:
         """Changes the churned service's endpoints in ``cluster`` ``rate`` times a second until
         ``stop_churn``; a failed write (the API unreachable) is retried at the next tick."""
         self.stop_churn_now()
+        stop = self._churn_stop = asyncio.Event()
 
         async def loop() -> None:
-            while True:
+            namespace, name = CHURN_SERVICE
+            while not stop.is_set():
                 try:
                     await self.churn_once(cluster)
                 except (
@@ -183,17 +214,24 @@ class Run:
                     OSError,
                 ) as exc:
                     log.info("churn write failed", extra={"error": str(exc)[:120]})
-                await asyncio.sleep(1 / rate)
+                    with contextlib.suppress(
+                        kubernetes.client.ApiException, urllib3.exceptions.HTTPError, OSError
+                    ):
+                        await self.reread(cluster, namespace, name)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1 / rate)
 
         self._churn = asyncio.create_task(loop())
 
     def stop_churn_now(self) -> None:
+        """Ends the churn at once (a write under way is still recorded: ``set_endpoints``)."""
         if self._churn is not None:
             self._churn.cancel()
 
     async def stop_churn(self) -> None:
+        """Ends the churn after the write under way, if any, has landed and been recorded."""
         if self._churn is not None:
-            self._churn.cancel()
+            self._churn_stop.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._churn
             self._churn = None
