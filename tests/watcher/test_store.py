@@ -57,7 +57,13 @@ async def test_synced_marker_after_listing_and_unchanged_values_not_rewritten(
     async with running(s):
         s.upsert(node("a"))
         s.upsert(node("b"))
-        await asyncio.sleep(0.05)  # NOTE: give it a chance to (wrongly) mark synced early.
+
+        async def both_written() -> bool:
+            written = [await etcd.get(keys.state_key(node(n))) for n in ("a", "b")]
+            return all(written) and s.pending == 0
+
+        # NOTE: once it has written what it has, it had its chance to (wrongly) mark synced.
+        await eventually(both_written)
         assert await etcd.get(keys.synced_key(C)) is None
         s.listed(model.Kind.NODE, {convert.identity_of(node("a")), convert.identity_of(node("b"))})
         await asyncio.wait_for(s.synced.wait(), 10)
@@ -118,8 +124,14 @@ async def test_reconcile_deletes_only_what_the_api_lacks(etcd: etcd_mod.Etcd) ->
     async with running(s):
         s.upsert(node("kept"))
         s.listed(model.Kind.NODE, {convert.identity_of(node("kept"))})
-        await asyncio.sleep(0.05)
-        # NOTE: nothing is deleted before every kind has been listed.
+        skipped = counter(metrics.SKIPPED, C)
+
+        async def compared() -> bool:
+            return counter(metrics.SKIPPED, C) > skipped
+
+        # NOTE: once it has compared what it has with etcd (kept is skipped, unchanged), it
+        # had its chance to (wrongly) delete; nothing is deleted before every kind is listed.
+        await eventually(compared)
         assert await etcd.get(keys.state_key(node("gone"))) is not None
         # Gateways not served (CRD not installed): their keys are kept.
         s.listed(model.Kind.GATEWAY, None)
