@@ -19,7 +19,6 @@ import grpc
 import grpc.aio
 import pytest
 import xds_helpers as h
-from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import struct_pb2
 
@@ -93,15 +92,6 @@ async def channel(
             yield ch
 
 
-def cluster_names(resp: Any) -> list[str]:
-    out = []
-    for item in resp.resources:
-        c = cluster_pb2.Cluster()
-        item.Unpack(c)
-        out.append(c.name)
-    return out
-
-
 def bearer(token: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {token}")]
 
@@ -125,11 +115,11 @@ async def test_a_valid_identity_is_served_its_own_app(
     client = h.SotwClient(channel, node("web"), metadata=bearer(token))
     await client.send(snapshot.CLUSTER)
     cds = await client.recv()
-    assert cluster_names(cds) == ["web-out"]
+    assert h.cluster_names(cds) == ["web-out"]
     # A second stream with the same token is not reviewed again.
     again = h.SotwClient(channel, node("web"), metadata=bearer(token))
     await again.send(snapshot.CLUSTER)
-    assert cluster_names(await again.recv()) == ["web-out"]
+    assert h.cluster_names(await again.recv()) == ["web-out"]
     assert reviews() == before + 1
 
 
@@ -191,7 +181,7 @@ async def test_a_gateway_runs_as_the_service_account_named_after_its_gateway(
     token = srv.issue_token("edge", "public", audiences=[AUDIENCE])
     client = h.SotwClient(channel, node("gateway:edge:public"), metadata=bearer(token))
     await client.send(snapshot.CLUSTER)
-    assert cluster_names(await client.recv()) == ["gateway:edge:public-out"]
+    assert h.cluster_names(await client.recv()) == ["gateway:edge:public-out"]
     # The same name in another namespace is another identity.
     other = srv.issue_token(NS, "web", audiences=[AUDIENCE])
     err = await refused(channel, "gateway:edge:public", bearer(other))

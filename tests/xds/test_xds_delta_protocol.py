@@ -17,7 +17,6 @@ import grpc
 import grpc.aio
 import pytest
 import xds_helpers as h
-from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
@@ -92,15 +91,6 @@ async def channel(xds: xds_server.Handle) -> AsyncIterator[grpc.aio.Channel]:
 
 def versions(resp: Any) -> dict[str, str]:
     return {r.name: r.version for r in resp.resources}
-
-
-def cluster_names(resp: Any) -> list[str]:
-    out = []
-    for item in resp.resources:
-        c = cluster_pb2.Cluster()
-        item.Unpack(c)
-        out.append(c.name)
-    return sorted(out)
 
 
 async def publish(etcd: etcd_mod.Etcd, xds: xds_server.Handle, *services: h.Service) -> None:
@@ -264,7 +254,7 @@ async def test_sotw_removal_comes_after_the_listeners_and_routes_that_stop_using
         resp = await client.recv()
         seen.append(resp.type_url)
         if resp.type_url == snapshot.CLUSTER:
-            seen.append(cluster_names(resp))
+            seen.append(h.cluster_names(resp))
         await client.ack(resp, ["old", "new"] if resp.type_url == snapshot.ROUTE else ())
     assert seen == [
         snapshot.CLUSTER,
@@ -287,7 +277,7 @@ async def test_per_type_streams_serve_their_own_type_only(
     await cds.send(snapshot.LISTENER)  # not this stream's type: ignored
     await cds.send(snapshot.CLUSTER)
     resp = await cds.recv()
-    assert (resp.type_url, cluster_names(resp)) == (snapshot.CLUSTER, ["one"])
+    assert (resp.type_url, h.cluster_names(resp)) == (snapshot.CLUSTER, ["one"])
 
     eds = DeltaClient(
         channel, method="/envoy.service.endpoint.v3.EndpointDiscoveryService/DeltaEndpoints"
@@ -374,7 +364,7 @@ async def test_a_sidecar_that_stops_reading_holds_up_nobody_and_queues_nothing(
             resp = await client.recv()
             read += 1
             await client.ack(resp)
-            if all(n.startswith(f"svc-{generation}-") for n in cluster_names(resp)):
+            if all(n.startswith(f"svc-{generation}-") for n in h.cluster_names(resp)):
                 return read
 
     for generation in range(1, changes + 1):

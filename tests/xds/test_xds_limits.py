@@ -23,7 +23,6 @@ import grpc
 import grpc.aio
 import pytest
 import xds_helpers as h
-from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -48,15 +47,6 @@ def node(node_id: str, app: str = APP, k8s_cluster: str = K8S) -> Any:
 
 def limited(reason: str) -> float:
     return float(limits_mod.LIMITED.labels(reason)._value.get())
-
-
-def cluster_names(resp: Any) -> list[str]:
-    out = []
-    for item in resp.resources:
-        c = cluster_pb2.Cluster()
-        item.Unpack(c)
-        out.append(c.name)
-    return out
 
 
 Running = tuple[xds_server.Handle, grpc.aio.Channel]
@@ -85,7 +75,7 @@ async def served(client: h.SotwClient) -> Any:
     """Asks for clusters; the response (fails if the stream was refused)."""
     await client.send(snapshot.CLUSTER)
     cds = await client.recv()
-    assert cluster_names(cds) == ["web-out"]
+    assert h.cluster_names(cds) == ["web-out"]
     return cds
 
 
@@ -103,7 +93,7 @@ async def still_served(etcd: etcd_mod.Etcd, client: h.SotwClient, cds: Any) -> N
         etcd, h.app_snapshot(APP, K8S, [h.Service("web-out", 8080), h.Service("web-new", 8081)])
     )
     pushed = await client.recv()
-    assert cluster_names(pushed) == ["web-new", "web-out"]
+    assert h.cluster_names(pushed) == ["web-new", "web-out"]
 
 
 def delta_call(channel: grpc.aio.Channel) -> Any:

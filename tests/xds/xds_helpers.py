@@ -51,6 +51,16 @@ def cluster(name: str) -> Any:
     return c
 
 
+def cluster_names(resp: Any) -> list[str]:
+    """The names of the clusters a SotW response carries, sorted."""
+    out = []
+    for item in resp.resources:
+        c = cluster_pb2.Cluster()
+        item.Unpack(c)
+        out.append(c.name)
+    return sorted(out)
+
+
 def assignment(name: str, *addrs: tuple[str, int]) -> Any:
     return endpoint_pb2.ClusterLoadAssignment(
         cluster_name=name,
