@@ -71,7 +71,7 @@ def fencing(log: EtcdLog, *, exempt: Iterable[int] = ()) -> Verdict:
         for mark in marks:
             fenced += 1
             leader_key = keys.parse_fence_mark_key(mark.key)
-            token = int(mark.value or b"0")
+            token = keys.fence_mark_token(mark.value or b"0")
             held = leaders.get(leader_key)
             if held != token:
                 bad.append(

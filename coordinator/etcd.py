@@ -15,6 +15,8 @@ Exceptions (library errors are wrapped at this boundary)::
     │                      handshake too: its reason is in the message)
     ├── Compacted          a watch asked for a revision etcd has compacted: relist
     ├── Deposed            a fenced write was refused: the writer no longer holds its key
+    ├── FenceMoved         a fenced write was refused because an earlier write of the same
+    │                      term, reported failed, has landed since: re-read, then write again
     └── PermissionDenied   etcd's authentication refused the call: this client's user (the CN
                            of its certificate) may not read or write that key. Not retried,
                            for reads, writes, lease revocations and watches alike
@@ -31,6 +33,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import secrets
 import ssl
 import time
 import urllib.parse
@@ -104,6 +107,22 @@ class PermissionDenied(EtcdError):
         self.user = user
 
 
+class FenceMoved(EtcdError):
+    """A fenced write was refused because a write of the same term that was reported failed
+    (an answer lost, a request that outlived its deadline) has landed since.
+
+    What the writer believes etcd holds may be wrong: it reads again before it writes. The
+    next write under the fence is chained to the write that landed.
+    """
+
+    def __init__(self, fence: Fence) -> None:
+        super().__init__(
+            f"write refused: a write of term {fence.token} of {fence.key} reported failed "
+            "has landed since"
+        )
+        self.fence = fence
+
+
 class Deposed(EtcdError):
     """A fenced write was refused: its leadership key is gone or held by someone else."""
 
@@ -123,6 +142,21 @@ class Fence:
     key: str
     token: int
 
+
+@dataclasses.dataclass(slots=True)
+class _Chain:
+    """Where a term's fenced writes stand (``Etcd._fenced_txn``)."""
+
+    revision: int | None = None
+    """The fence mark's mod revision after the term's last write that landed; None: unread."""
+    sequence: int = 0
+    nonce: str = dataclasses.field(default_factory=lambda: secrets.token_hex(6))
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    """One write of a term at a time: each is chained to the one before."""
+
+
+MAX_CHAINS = 4096
+"""Terms whose chains a client keeps at most (a translator holds one term per shard)."""
 
 MAX_RECEIVE = 64 * 1024 * 1024
 """The largest answer a channel takes; listings are paged (``Etcd.get_prefix``) to stay below."""
@@ -471,6 +505,7 @@ class Etcd:
         self._pinned = 0
         self._closing: set[asyncio.Task[None]] = set()
         self._retry_for = retry_for
+        self._chains: dict[Fence, _Chain] = {}
 
     async def __aenter__(self) -> Etcd:
         return self
@@ -691,15 +726,79 @@ class Etcd:
         return revision
 
     async def _txn(self, ops: list[Any], fence: Fence | None) -> int:
-        compare = [] if fence is None else [_fence_compare(fence)]
-        if fence is not None:
-            ops = [*ops, _fence_mark(fence)]
-        resp = await self._kv("Txn", aetcd.rpc.TxnRequest(compare=compare, success=ops))
-        if fence is not None:
-            FENCED_TXNS.labels(result="landed" if resp.succeeded else "rejected").inc()
-            if not resp.succeeded:
-                raise Deposed(fence)
-        return int(resp.header.revision)
+        if fence is None:
+            resp = await self._kv("Txn", aetcd.rpc.TxnRequest(success=ops))
+            return int(resp.header.revision)
+        chain = self._chain(fence)
+        async with chain.lock:
+            return await self._fenced_txn(ops, fence, chain)
+
+    def _chain(self, fence: Fence) -> _Chain:
+        chain = self._chains.get(fence)
+        if chain is None:
+            if len(self._chains) >= MAX_CHAINS:
+                # NOTE: a term's chain is dropped when it ends (Deposed); this bounds the rest.
+                for old in [f for f, c in self._chains.items() if not c.lock.locked()]:
+                    del self._chains[old]
+            chain = self._chains[fence] = _Chain()
+        return chain
+
+    async def _fenced_txn(self, ops: list[Any], fence: Fence, chain: _Chain) -> int:
+        """One transaction of a term, chained to the term's last one that landed.
+
+        NOTE: a write etcd reported failed may still land later: a proposal a partitioned
+        member forwarded, or a request that outlived its deadline, is applied when the
+        cluster heals, seconds after newer writes of the same term. The fence alone lets it
+        land (the term still holds its key), and old state then overwrites new. So besides
+        the term's key, each transaction compares the fence mark's mod revision with that of
+        the term's last write that landed, and puts the mark with a value of its own: once
+        any write of the term lands, every older one still in flight is refused for good.
+        When a compare fails, what etcd holds tells why: the key gone or recreated (Deposed),
+        this very request landed already (a retry after a lost answer: success), or an
+        earlier write reported failed has landed (FenceMoved; the chain follows it).
+        """
+        mark_key = keys.fence_mark_key(fence.key).encode()
+        if chain.revision is None:
+            kv = await self.get(mark_key.decode())
+            chain.revision = kv.mod_revision if kv is not None else 0
+        chain.sequence += 1
+        mark = keys.fence_mark_value(fence.token, f"{chain.nonce}.{chain.sequence}")
+        req = aetcd.rpc.TxnRequest(
+            compare=[
+                _fence_compare(fence),
+                aetcd.rpc.Compare(
+                    key=mark_key,
+                    target=aetcd.rpc.Compare.MOD,
+                    result=aetcd.rpc.Compare.EQUAL,
+                    mod_revision=chain.revision,
+                ),
+            ],
+            success=[
+                *ops,
+                aetcd.rpc.RequestOp(request_put=aetcd.rpc.PutRequest(key=mark_key, value=mark)),
+            ],
+            failure=[
+                aetcd.rpc.RequestOp(request_range=aetcd.rpc.RangeRequest(key=fence.key.encode())),
+                aetcd.rpc.RequestOp(request_range=aetcd.rpc.RangeRequest(key=mark_key)),
+            ],
+        )
+        resp = await self._kv("Txn", req)
+        if resp.succeeded:
+            FENCED_TXNS.labels(result="landed").inc()
+            chain.revision = int(resp.header.revision)
+            return chain.revision
+        held = resp.responses[0].response_range.kvs
+        if not held or held[0].create_revision != fence.token:
+            FENCED_TXNS.labels(result="rejected").inc()
+            self._chains.pop(fence, None)
+            raise Deposed(fence)
+        now = resp.responses[1].response_range.kvs
+        chain.revision = int(now[0].mod_revision) if now else 0
+        if now and now[0].value == mark:
+            FENCED_TXNS.labels(result="landed").inc()
+            return chain.revision
+        FENCED_TXNS.labels(result="moved").inc()
+        raise FenceMoved(fence)
 
     async def create(self, key: str, value: bytes, *, lease: int = 0) -> tuple[bool, KeyValue]:
         """Writes ``key`` only if it does not exist; returns (created, the key as it is now)."""
@@ -1027,16 +1126,6 @@ def _fence_compare(fence: Fence) -> Any:
         target=aetcd.rpc.Compare.CREATE,
         result=aetcd.rpc.Compare.EQUAL,
         create_revision=fence.token,
-    )
-
-
-def _fence_mark(fence: Fence) -> Any:
-    """The put that records which term made a fenced transaction (``keys.fence_mark_key``): a
-    recorded history can then tell a current leader's write from a deposed one's."""
-    return aetcd.rpc.RequestOp(
-        request_put=aetcd.rpc.PutRequest(
-            key=keys.fence_mark_key(fence.key).encode(), value=str(fence.token).encode()
-        )
     )
 
 

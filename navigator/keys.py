@@ -257,6 +257,16 @@ def fence_mark_key(leader_key: str) -> str:
     return FENCES + leader_key[len(ROOT) :]
 
 
+def fence_mark_value(token: int, write: str) -> bytes:
+    """What a fenced transaction puts in its mark: its term's token and a name of its own."""
+    return f"{token} {write}".encode()
+
+
+def fence_mark_token(value: bytes) -> int:
+    """The term token of a fence mark's value; raises ValueError if it has none."""
+    return int(value.split(b" ", 1)[0])
+
+
 def parse_fence_mark_key(key: str) -> str:
     """The leadership key a fence mark is of."""
     if not key.startswith(FENCES) or key == FENCES:

@@ -1069,6 +1069,11 @@ class Translator:
                     "etcd compacted past our revision, relisting",
                     extra={"error": str(group.exceptions[0])},
                 )
+            except* etcd_mod.FenceMoved as group:
+                log.warning(
+                    "a write reported failed has landed since, relisting",
+                    extra={"error": str(group.exceptions[0])},
+                )
             except* etcd_mod.EtcdUnavailable as group:
                 if time.monotonic() - started > 10.0:
                     delay = 0.5  # NOTE: a new outage after a healthy run starts over.

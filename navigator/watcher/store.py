@@ -230,6 +230,10 @@ class SyncStore:
                     await asyncio.sleep(0)
                 self._wake.clear()
                 try:
+                    if self._failing:
+                        # NOTE: a write reported failed may have landed (its answer lost) or
+                        # may still land: what etcd holds is read again before writing.
+                        await self._load()
                     if await self._flush():
                         flushed = loop.time()
                     await self._maybe_mark_synced()
