@@ -312,3 +312,52 @@ async def test_a_long_computation_gives_the_event_loop_turns_and_computes_the_sa
     assert ticks - before > 400, "the loop ran between the apps' steps"
     assert (async_puts, async_deletes) == done[1].compute()
     assert set(async_puts) >= set(_want(objs))
+
+
+async def test_a_write_reported_failed_that_lands_late_is_caught_and_relisted(
+    etcd: etcd_mod.Etcd, etcd_url: str
+) -> None:
+    objs = _mesh(apps=8)
+    await _seed(etcd, objs)
+    mine = etcd_mod.Etcd(etcd_mod.parse_endpoints(etcd_url), retry_for=5.0)
+    tr = runner.Translator(mine, options=translate.Options(), debounce=0.0, lead_all=False)
+    task = asyncio.create_task(tr.run(runtime.Health()))
+    try:
+        await asyncio.wait_for(tr.loaded.wait(), 10)
+        lease = await session.Session.open(etcd, ttl=30)
+        term = await election.campaign(etcd, lease, keys.shard_leader_key(0), b"a")
+        assert term is not None
+        await tr.gain(0, term)
+        await _etcd_holds(etcd, _want(objs))
+
+        app = next(o for o in objs if isinstance(o, model.Nexus))
+        first = dataclasses.replace(app, services=(model.ServiceRef("shop", "svc2"),))
+        second = dataclasses.replace(app, services=(model.ServiceRef("shop", "svc3"),))
+        final = [second if o is app else o for o in objs]
+        real = mine._kv
+        held: list[object] = []
+        moved = etcd_mod.FENCED_TXNS.labels(result="moved")._value.get()
+
+        async def kv(method: str, request: object, retry_for: float | None = None) -> object:
+            if method == "Txn" and not held:
+                # The write of ``first`` is lost on its way; the app changes again meanwhile.
+                held.append(request)
+                await etcd.put(keys.state_key(second), model.encode(second))
+                raise etcd_mod.EtcdUnavailable("no member answered")
+            if method == "Txn" and len(held) == 1:
+                # ... and it arrives just before the translator's next write: that one is
+                # refused (FenceMoved), and the translator must read etcd again.
+                held.append(await real("Txn", held[0]))
+            return await real(method, request, retry_for)
+
+        mine._kv = kv  # type: ignore[method-assign]
+        await etcd.put(keys.state_key(first), model.encode(first))
+        await _etcd_holds(etcd, _want(final), limit=20)
+        assert len(held) == 2
+        assert etcd_mod.FENCED_TXNS.labels(result="moved")._value.get() == moved + 1
+        assert not task.done(), "the translator goes on"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await mine.close()
