@@ -155,13 +155,13 @@ class Run:
 
         await write_recorded(self.truth, change, f"{namespace}/{name}", cluster, ips)
 
-    async def reread(self, cluster: str, namespace: str, name: str) -> None:
+    async def reread(self, cluster: str, namespace: str, name: str, sent: float) -> None:
         """Records the API's endpoints of one object when they differ from the truth's latest:
-        a write that failed on its answer may still have landed."""
+        a write sent at ``sent`` that failed on its answer may still have landed."""
         eps = await asyncio.to_thread(self.api(cluster).read_namespaced_endpoints, name, namespace)
         ips = sorted(a.ip for s in eps.subsets or [] for a in s.addresses or [])
         if frozenset(ips) != self.truth.latest(f"{namespace}/{name}", cluster):
-            self.truth.record(f"{namespace}/{name}", cluster, ips, time.monotonic())
+            self.truth.record(f"{namespace}/{name}", cluster, ips, sent)
 
     async def _prepare_pool(self, cluster: str) -> None:
         """The churned service's pods in ``cluster`` plus EXTRA_PODS new ones, all serving."""
@@ -206,6 +206,7 @@ class Run:
         async def loop() -> None:
             namespace, name = CHURN_SERVICE
             while not stop.is_set():
+                sent = time.monotonic()
                 try:
                     await self.churn_once(cluster)
                 except (
@@ -217,7 +218,7 @@ class Run:
                     with contextlib.suppress(
                         kubernetes.client.ApiException, urllib3.exceptions.HTTPError, OSError
                     ):
-                        await self.reread(cluster, namespace, name)
+                        await self.reread(cluster, namespace, name, sent)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1 / rate)
 
