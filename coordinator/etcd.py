@@ -136,7 +136,9 @@ class Fence:
     """A leader's fencing token: its leadership key and that key's create revision.
 
     A write carrying a fence lands only while the key still exists with that create revision,
-    so a leader that was deposed (paused, partitioned, slow) can never write.
+    so a leader that was deposed (paused, partitioned, slow) can never write; and only if no
+    newer write of the term has landed, so a write of the term reported failed cannot land
+    after one that followed it (``Etcd._fenced_txn``).
     """
 
     key: str
@@ -706,8 +708,9 @@ class Etcd:
         values; each is atomic, and a larger change is written as several, in the order given
         (puts first), so a caller orders what must land first. With ``fence`` every
         transaction lands only if the fence still holds, else Deposed is raised and nothing
-        more is written. Returns the revision of the last transaction (0 when nothing was
-        written).
+        more is written; FenceMoved when an earlier write of the term, reported failed, has
+        landed since (``_fenced_txn``). Returns the revision of the last transaction (0 when
+        nothing was written).
         """
         ops: list[Any] = [
             aetcd.rpc.RequestOp(
